@@ -1,0 +1,292 @@
+"""The chat websocket: one socket per browser tab. See docs/protocol.md."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from chat.models import Conversation, Message
+from chat.streams import RUNNING, AnswerRun, control_group, viewers_group
+
+logger = logging.getLogger(__name__)
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.watching: int | None = None
+        # What this socket has shown of answers it follows through the group.
+        self.known: dict[int, list[int]] = {}
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for run in list(RUNNING.values()):
+            run.detach(self.channel_name)
+        if getattr(self, "watching", None) is not None:
+            await self.channel_layer.group_discard(viewers_group(self.watching), self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        try:
+            if not isinstance(content, dict):
+                raise ClientError("bad_frame", "A frame must be a JSON object.")
+            kind = content.get("type")
+            if kind == "send":
+                await self.send_message(content)
+            elif kind == "watch":
+                await self.watch(self._int_field(content, "conversation_id"))
+            elif kind == "stop":
+                await self.stop(self._int_field(content, "message_id"))
+            elif kind == "ping":
+                await self.send_json({"type": "pong"})
+            else:
+                raise ClientError("unknown_type", f"Unknown message type: {str(kind)[:50]!r}.")
+        except ClientError as exc:
+            await self.send_json(
+                {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}
+            )
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return _BadJson
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self.send_json(
+                {"type": "error", "code": "bad_frame", "message": "Send text frames of JSON."}
+            )
+            return
+        content = await self.decode_json(text_data)
+        if content is _BadJson:
+            await self.send_json(
+                {"type": "error", "code": "bad_json", "message": "That frame was not valid JSON."}
+            )
+            return
+        await self.receive_json(content)
+
+    # -- message types ---------------------------------------------------------------
+
+    async def send_message(self, content: dict[str, Any]) -> None:
+        text = content.get("content")
+        if not isinstance(text, str):
+            raise ClientError("bad_frame", "The field 'content' must be a string.")
+        if not text.strip():
+            raise ClientError("empty", "Type a message first.")
+        if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+            raise ClientError(
+                "too_long",
+                f"That message is {len(text)} characters long; the limit is "
+                f"{settings.CHAT_MAX_MESSAGE_CHARS}.",
+            )
+        conversation_id = content.get("conversation_id")
+        if conversation_id is not None:
+            conversation_id = self._int_field(content, "conversation_id")
+        model = content.get("model")
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 100):
+            raise ClientError("bad_frame", "The field 'model' must be a model name.")
+        if not settings.XAI_API_KEY:
+            raise ClientError(
+                "no_api_key",
+                "No xAI API key is configured. Set XAI_API_KEY and restart the app.",
+            )
+
+        conversation, created = await self._get_or_create_conversation(conversation_id, text)
+        model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
+        user_message, answer, history = await self._start_answer(conversation, text, model)
+        if created:
+            await self.send_json(
+                {
+                    "type": "conversation",
+                    "conversation": {
+                        "id": conversation.id,
+                        "title": conversation.title,
+                        "model": model,
+                    },
+                }
+            )
+        await self.watch(conversation.id, announce=False)
+        start = {
+            "type": "message.start",
+            "conversation_id": conversation.id,
+            "user_message": {"id": user_message.id, "role": "user", "content": text},
+            "message": {
+                "id": answer.id,
+                "role": "assistant",
+                "state": Message.State.STREAMING,
+                "model": model,
+            },
+        }
+        await self.send_json(start)
+        await self.channel_layer.group_send(
+            viewers_group(conversation.id),
+            {"type": "chat.start", "frame": start, "origin": self.channel_name},
+        )
+        AnswerRun(
+            user_id=self.user.id,
+            conversation_id=conversation.id,
+            message_id=answer.id,
+            model=model,
+            history=history,
+            send=self.send_json,
+            origin=self.channel_name,
+        ).start()
+
+    async def watch(self, conversation_id: int, announce: bool = True) -> None:
+        if self.watching != conversation_id:
+            if not await self._owns_conversation(conversation_id):
+                raise ClientError(
+                    "not_found", "No such conversation.", conversation_id=conversation_id
+                )
+            if self.watching is not None:
+                await self.channel_layer.group_discard(
+                    viewers_group(self.watching), self.channel_name
+                )
+                for run in list(RUNNING.values()):
+                    run.detach(self.channel_name)
+            self.watching = conversation_id
+            self.known = {}
+            await self.channel_layer.group_add(viewers_group(conversation_id), self.channel_name)
+        if announce:
+            await self.send_json(
+                {"type": "watching", "conversation_id": conversation_id, "streaming": []}
+            )
+            # Answers streaming now, here or in another process, reply with chat.snapshot.
+            await self.channel_layer.group_send(
+                control_group(conversation_id),
+                {"type": "stream.snapshot", "reply_to": self.channel_name},
+            )
+
+    async def stop(self, message_id: int) -> None:
+        conversation_id = await self._streaming_answer_conversation(message_id)
+        if conversation_id is None:
+            raise ClientError("not_found", "No such answer.", message_id=message_id)
+        run = RUNNING.get(message_id)
+        if run is not None:
+            run.stop()
+        else:
+            await self.channel_layer.group_send(
+                control_group(conversation_id), {"type": "stream.stop", "message_id": message_id}
+            )
+
+    # -- helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def _int_field(content: dict[str, Any], name: str) -> int:
+        value = content.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ClientError("bad_frame", f"The field {name!r} must be a positive integer.")
+        return value
+
+    @database_sync_to_async
+    def _owns_conversation(self, conversation_id: int) -> bool:
+        found = Conversation.objects.for_user(self.user).filter(id=conversation_id).exists()
+        if not found:
+            logger.warning("user %s asked for conversation %s", self.user.id, conversation_id)
+        return found
+
+    @database_sync_to_async
+    def _get_or_create_conversation(
+        self, conversation_id: int | None, text: str
+    ) -> tuple[Conversation, bool]:
+        if conversation_id is None:
+            title = Conversation.title_from(text)
+            return Conversation.objects.create(user=self.user, title=title), True
+        conversation = Conversation.objects.for_user(self.user).filter(id=conversation_id).first()
+        if conversation is None:
+            logger.warning("user %s wrote to conversation %s", self.user.id, conversation_id)
+            raise ClientError("not_found", "No such conversation.", conversation_id=conversation_id)
+        return conversation, False
+
+    @database_sync_to_async
+    def _start_answer(
+        self, conversation: Conversation, text: str, model: str
+    ) -> tuple[Message, Message, list[dict[str, str]]]:
+        user_message, answer = conversation.start_answer(text, model)
+        return user_message, answer, conversation.history()
+
+    @database_sync_to_async
+    def _streaming_answer_conversation(self, message_id: int) -> int | None:
+        row = (
+            Message.objects.filter(
+                id=message_id,
+                role=Message.Role.ASSISTANT,
+                conversation__user=self.user,
+            )
+            .values_list("conversation_id", flat=True)
+            .first()
+        )
+        if row is None:
+            logger.warning("user %s tried to stop message %s", self.user.id, message_id)
+        return row
+
+    def _visible(self, event: dict[str, Any]) -> bool:
+        return event.get("origin") != self.channel_name
+
+    # -- channel-layer handlers ------------------------------------------------------
+
+    async def chat_start(self, event: dict[str, Any]) -> None:
+        if self._visible(event):
+            self.known[event["frame"]["message"]["id"]] = [0, 0]
+            await self.send_json(event["frame"])
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        if not self._visible(event):
+            return
+        known = self.known.get(event["message_id"])
+        if known is None:
+            return  # a snapshot is on its way and will include this text
+        content = event["content"][max(0, known[0] - event["content_offset"]) :]
+        reasoning = event["reasoning"][max(0, known[1] - event["reasoning_offset"]) :]
+        known[0] = max(known[0], event["content_offset"] + len(event["content"]))
+        known[1] = max(known[1], event["reasoning_offset"] + len(event["reasoning"]))
+        if content or reasoning:
+            await self.send_json(
+                {
+                    "type": "delta",
+                    "message_id": event["message_id"],
+                    "content": content,
+                    "reasoning": reasoning,
+                }
+            )
+
+    async def chat_snapshot(self, event: dict[str, Any]) -> None:
+        if event["conversation_id"] != self.watching:
+            return
+        self.known[event["message_id"]] = [len(event["content"]), len(event["reasoning"])]
+        await self.send_json(
+            {
+                "type": "snapshot",
+                "message_id": event["message_id"],
+                "conversation_id": event["conversation_id"],
+                "content": event["content"],
+                "reasoning": event["reasoning"],
+            }
+        )
+
+    async def chat_end(self, event: dict[str, Any]) -> None:
+        if self._visible(event):
+            self.known.pop(event["frame"]["message_id"], None)
+            await self.send_json(event["frame"])
+
+
+class _BadJson:
+    pass

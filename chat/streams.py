@@ -1,0 +1,275 @@
+"""One answer, streamed in its own task from the upstream to whoever watches it.
+
+The socket that asked for the answer gets every delta directly (the short path). Other
+sockets watching the conversation, in this process or another, get them through the
+channel layer group `conv_<id>`, coalesced every GROUP_FLUSH_SECONDS. Each running answer
+listens on its own channel, a member of the group `ctl_<id>`, for `stop` and `snapshot`
+requests, so Stop works from any tab in any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat.models import Message, estimate_tokens
+from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+GROUP_FLUSH_SECONDS = 0.05
+# Runs of this process by message id: the local fast path for Stop, and what shutdown ends.
+RUNNING: dict[int, AnswerRun] = {}
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def viewers_group(conversation_id: int) -> str:
+    return f"conv_{conversation_id}"
+
+
+def control_group(conversation_id: int) -> str:
+    return f"ctl_{conversation_id}"
+
+
+def upstream_from_settings() -> Upstream:
+    return Upstream(
+        base_url=settings.XAI_BASE_URL,
+        api_key=settings.XAI_API_KEY,
+        style=settings.XAI_API_STYLE,
+        timeouts=Timeouts(
+            connect=settings.UPSTREAM_CONNECT_TIMEOUT,
+            first_token=settings.UPSTREAM_FIRST_TOKEN_TIMEOUT,
+            idle=settings.UPSTREAM_IDLE_TIMEOUT,
+            total=settings.UPSTREAM_TOTAL_TIMEOUT,
+        ),
+        max_retries=settings.UPSTREAM_MAX_RETRIES,
+    )
+
+
+class AnswerRun:
+    def __init__(
+        self,
+        *,
+        user_id: int,
+        conversation_id: int,
+        message_id: int,
+        model: str,
+        history: list[dict[str, str]],
+        send: Send | None,
+        origin: str | None,
+    ) -> None:
+        self.user_id = user_id
+        self.conversation_id = conversation_id
+        self.message_id = message_id
+        self.model = model
+        self.history = history
+        self._send = send
+        self.origin = origin
+        self.answer = Answer()
+        self.end_state: str | None = None  # set by stop() or shutdown before cancelling
+        self.task: asyncio.Task[None] | None = None
+        self.layer = get_channel_layer()
+        self._pending = Delta()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self.run(), name=f"answer-{self.message_id}")
+        RUNNING[self.message_id] = self
+        return self.task
+
+    def stop(self, state: str = Message.State.STOPPED) -> None:
+        if self.task and not self.task.done() and self.end_state is None:
+            self.end_state = state
+            self.task.cancel()
+
+    def detach(self, channel_name: str) -> None:
+        """The asking socket is gone or looks elsewhere: send everything via the group."""
+        if self.origin == channel_name:
+            self._send = None
+            self.origin = None
+
+    async def run(self) -> None:
+        control_channel = await self.layer.new_channel()
+        await self.layer.group_add(control_group(self.conversation_id), control_channel)
+        listener = asyncio.create_task(self._listen(control_channel))
+        started = time.monotonic()
+        state, error = Message.State.COMPLETE, ""
+        try:
+            upstream = upstream_from_settings()
+            async for delta in upstream.stream(self.answer, self.model, self.history):
+                await self._emit(delta)
+        except asyncio.CancelledError:
+            # Stop, or shutdown: keep what arrived and record it below.
+            if self.task is not None:
+                self.task.uncancel()
+            state = self.end_state or Message.State.INTERRUPTED
+        except UpstreamError as exc:
+            state, error = Message.State.ERROR, exc.message
+        except Exception:
+            logger.exception("answer %s failed", self.message_id)
+            state, error = Message.State.ERROR, "The server failed while streaming this answer."
+        finally:
+            listener.cancel()
+            RUNNING.pop(self.message_id, None)
+        try:
+            await self._finish(state, error, started)
+        finally:
+            await self.layer.group_discard(control_group(self.conversation_id), control_channel)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    async def _emit(self, delta: Delta) -> None:
+        if self._send is not None:
+            frame = {
+                "type": "delta",
+                "message_id": self.message_id,
+                "content": delta.content,
+                "reasoning": delta.reasoning,
+            }
+            try:
+                await self._send(frame)
+            except Exception:  # the socket went away between two deltas
+                self._send = None
+                self.origin = None
+        self._pending.content += delta.content
+        self._pending.reasoning += delta.reasoning
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(GROUP_FLUSH_SECONDS, self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        self._flush_handle = None
+        asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, Delta()
+        if not (pending.content or pending.reasoning):
+            return
+        content_offset, reasoning_offset = self._sent_to_group
+        self._sent_to_group = [
+            content_offset + len(pending.content),
+            reasoning_offset + len(pending.reasoning),
+        ]
+        await self.layer.group_send(
+            viewers_group(self.conversation_id),
+            {
+                "type": "chat.delta",
+                "message_id": self.message_id,
+                "content": pending.content,
+                "reasoning": pending.reasoning,
+                "content_offset": content_offset,
+                "reasoning_offset": reasoning_offset,
+                "origin": self.origin,
+            },
+        )
+
+    async def _listen(self, channel: str) -> None:
+        while True:
+            request = await self.layer.receive(channel)
+            if request.get("message_id") not in (None, self.message_id):
+                continue
+            if request.get("type") == "stream.stop":
+                self.stop()
+            elif request.get("type") == "stream.snapshot" and request.get("reply_to"):
+                await self.layer.send(request["reply_to"], self.snapshot_event())
+
+    def snapshot_event(self) -> dict[str, Any]:
+        return {
+            "type": "chat.snapshot",
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "content": self.answer.content,
+            "reasoning": self.answer.reasoning,
+        }
+
+    async def _finish(self, state: str, error: str, started: float) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        await self._flush()
+        answer = self.answer
+        ttft_ms = (
+            round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
+        )
+        duration_ms = round((time.monotonic() - started) * 1000)
+        usage = answer.usage
+        if usage is not None:
+            usage_fields: dict[str, Any] = {
+                **usage.as_dict(),
+                "cost_in_usd_ticks": usage.cost_in_usd_ticks,
+                "reported": True,
+                "raw_usage": usage.raw,
+            }
+        else:
+            # The stream ended before the upstream reported usage: estimate it.
+            prompt = sum(estimate_tokens(m["content"]) for m in self.history)
+            completion = estimate_tokens(answer.content)
+            reasoning = estimate_tokens(answer.reasoning)
+            usage_fields = {
+                "prompt_tokens": prompt,
+                "cached_prompt_tokens": 0,
+                "completion_tokens": completion,
+                "reasoning_tokens": reasoning,
+                "total_tokens": prompt + completion + reasoning,
+                "reported": False,
+            }
+        usage_fields.update(
+            api_style=settings.XAI_API_STYLE,
+            requested_model=self.model,
+            response_id=answer.response_id[:200],
+            system_fingerprint=answer.system_fingerprint[:100],
+        )
+        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
+        await database_sync_to_async(message.finish)(
+            user_id=self.user_id,
+            usage=usage_fields,
+            state=state,
+            content=answer.content,
+            reasoning=answer.reasoning,
+            error=error,
+            model=(answer.model or self.model)[:100],
+            finish_reason=answer.finish_reason[:50],
+            ttft_ms=ttft_ms,
+            duration_ms=duration_ms,
+        )
+        frame = {
+            "type": "message.end",
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "state": state,
+            "error": error or None,
+            "model": message.model,
+            "finish_reason": message.finish_reason,
+            "ttft_ms": ttft_ms,
+            "duration_ms": duration_ms,
+            "usage": {k: usage_fields[k] for k in USAGE_KEYS},
+        }
+        if self._send is not None:
+            try:
+                await self._send(frame)
+            except Exception:
+                self.origin = None
+        await self.layer.group_send(
+            viewers_group(self.conversation_id),
+            {"type": "chat.end", "frame": frame, "origin": self.origin},
+        )
+
+
+USAGE_KEYS = (
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)

@@ -1,0 +1,617 @@
+"""The upstream client: HTTP and the wire formats of xAI's APIs, nothing of Django.
+
+Three API styles are spoken: OpenAI-style chat completions (the default), xAI's Responses
+API and the Anthropic-compatible messages API. Each turns a stream of Server-Sent Events
+into `Delta`s while filling in an `Answer` that the caller keeps, so whatever already
+arrived survives a stop, a timeout or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+
+logger = logging.getLogger(__name__)
+
+API_STYLES = ("chat_completions", "responses", "anthropic_messages")
+TICKS_PER_USD = 10**10
+
+
+@dataclass
+class Usage:
+    """Token counts exactly as the upstream reported them (a snapshot, never a sum).
+
+    xAI's completion_tokens excludes reasoning tokens, OpenAI's includes them: both are
+    stored as given, with total_tokens as reported.
+    """
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    cost_in_usd_ticks: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_openai(cls, raw: dict[str, Any]) -> Usage:
+        prompt_details = raw.get("prompt_tokens_details") or {}
+        completion_details = raw.get("completion_tokens_details") or {}
+        cost = raw.get("cost_in_usd_ticks")
+        return cls(
+            prompt_tokens=_int(raw.get("prompt_tokens")),
+            cached_prompt_tokens=_int(prompt_details.get("cached_tokens")),
+            completion_tokens=_int(raw.get("completion_tokens")),
+            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+            total_tokens=_int(raw.get("total_tokens")),
+            cost_in_usd_ticks=cost if isinstance(cost, int) else None,
+            raw=raw,
+        )
+
+    @classmethod
+    def from_responses(cls, raw: dict[str, Any]) -> Usage:
+        input_details = raw.get("input_tokens_details") or {}
+        output_details = raw.get("output_tokens_details") or {}
+        cost = raw.get("cost_in_usd_ticks")
+        return cls(
+            prompt_tokens=_int(raw.get("input_tokens")),
+            cached_prompt_tokens=_int(input_details.get("cached_tokens")),
+            completion_tokens=_int(raw.get("output_tokens")),
+            reasoning_tokens=_int(output_details.get("reasoning_tokens")),
+            total_tokens=_int(raw.get("total_tokens")),
+            cost_in_usd_ticks=cost if isinstance(cost, int) else None,
+            raw=raw,
+        )
+
+    @classmethod
+    def from_anthropic(cls, raw: dict[str, Any], previous: Usage | None) -> Usage:
+        # message_delta usage is cumulative but may omit input_tokens (2024 streams).
+        merged = dict(previous.raw) if previous else {}
+        merged.update(raw)
+        prompt = _int(merged.get("input_tokens"))
+        output = _int(merged.get("output_tokens"))
+        return cls(
+            prompt_tokens=prompt,
+            cached_prompt_tokens=_int(merged.get("cache_read_input_tokens")),
+            completion_tokens=output,
+            reasoning_tokens=0,
+            total_tokens=prompt + output,
+            raw=merged,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+@dataclass
+class Delta:
+    content: str = ""
+    reasoning: str = ""
+
+
+@dataclass
+class Answer:
+    """Everything known about one answer so far; filled in while the stream is read."""
+
+    content_parts: list[str] = field(default_factory=list)
+    reasoning_parts: list[str] = field(default_factory=list)
+    model: str = ""
+    response_id: str = ""
+    system_fingerprint: str = ""
+    finish_reason: str = ""
+    usage: Usage | None = None
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    first_token_at: float | None = None
+
+    @property
+    def content(self) -> str:
+        return "".join(self.content_parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_parts)
+
+    def add(self, delta: Delta) -> None:
+        if delta.content:
+            self.content_parts.append(delta.content)
+        if delta.reasoning:
+            self.reasoning_parts.append(delta.reasoning)
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+
+class UpstreamError(Exception):
+    """A failure of the upstream, with a message fit to show the user."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "",
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class StreamEnd(Exception):
+    """Raised by a dialect when the stream says it is over (`[DONE]`, message_stop)."""
+
+
+# ---------------------------------------------------------------------------
+# Error bodies and statuses
+
+STATUS_TEXT = {
+    400: "The upstream refused the request (400)",
+    401: "No valid API key was sent to the upstream (401)",
+    403: "The API key or team is blocked or lacks permission (403)",
+    404: "The model or endpoint was not found upstream (404)",
+    405: "The upstream does not allow this method (405)",
+    408: "The upstream timed out reading the request (408)",
+    413: "The request is too large for the upstream (413)",
+    415: "The upstream could not read the request body (415)",
+    422: "The upstream rejected a field of the request (422)",
+    429: "The upstream's rate or spending limit was reached (429)",
+}
+
+
+def error_text(body: Any) -> tuple[str, str]:
+    """The (code, text) of an error body in xAI's, OpenAI's or Anthropic's shape."""
+    if not isinstance(body, dict):
+        return "", ""
+    error = body.get("error")
+    if isinstance(error, str):  # xAI: {"code": "...", "error": "text"}
+        code = body.get("code")
+        return (code if isinstance(code, str) else ""), error
+    if isinstance(error, dict):  # OpenAI / Anthropic: {"error": {"message": ...}}
+        code = error.get("code") or error.get("type") or ""
+        message = error.get("message") or ""
+        return str(code), str(message)
+    message = body.get("message") or body.get("detail")
+    return "", message if isinstance(message, str) else ""
+
+
+def is_credit_exhaustion(text: str) -> bool:
+    lowered = text.lower()
+    return "credit" in lowered or "spending limit" in lowered or "quota" in lowered
+
+
+def describe_status(status: int, body_text: str) -> UpstreamError:
+    try:
+        body = json.loads(body_text) if body_text else None
+    except ValueError:
+        body = None
+    code, text = error_text(body)
+    if not text and body is None:
+        text = body_text.strip()[:500]
+    summary = STATUS_TEXT.get(status) or (
+        f"The upstream service failed ({status})" if status >= 500 else f"Upstream error {status}"
+    )
+    retryable = status >= 500 or (status == 429 and not is_credit_exhaustion(text))
+    message = f"{summary}: {text}" if text else summary
+    return UpstreamError(message, status=status, code=code, retryable=retryable)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# Dialects: one per API style. Each builds the request and reads its events.
+
+
+def _data(event: ServerSentEvent) -> Any:
+    data = event.data
+    if not data.strip():
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        logger.warning("upstream sent an event that is not JSON: %.200r", data)
+        return None
+
+
+def _raise_if_error(obj: dict[str, Any]) -> None:
+    if "error" in obj and obj["error"]:
+        code, text = error_text(obj)
+        raise UpstreamError(
+            f"The upstream stopped with an error: {text or 'no reason given'}", code=code
+        )
+
+
+class ChatCompletions:
+    name = "chat_completions"
+    path = "/chat/completions"
+
+    def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
+        if event.data.startswith("[DONE]"):
+            raise StreamEnd
+        obj = _data(event)
+        if not isinstance(obj, dict):
+            return None
+        _raise_if_error(obj)
+        return apply_chat_chunk(answer, obj)
+
+
+def apply_chat_chunk(answer: Answer, chunk: dict[str, Any]) -> Delta | None:
+    """Fold one chat.completion.chunk into `answer`; return the text it carried."""
+    if isinstance(chunk.get("model"), str):
+        answer.model = chunk["model"]
+    if isinstance(chunk.get("id"), str) and not answer.response_id:
+        answer.response_id = chunk["id"]
+    if isinstance(chunk.get("system_fingerprint"), str):
+        answer.system_fingerprint = chunk["system_fingerprint"]
+    if isinstance(chunk.get("usage"), dict):
+        answer.usage = Usage.from_openai(chunk["usage"])
+    delta = Delta()
+    for choice in chunk.get("choices") or ():
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            continue
+        # xAI's overview page once showed `message` where streams send `delta`.
+        part = choice.get("delta")
+        if not isinstance(part, dict):
+            part = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        content = part.get("content")
+        if isinstance(content, str):
+            delta.content += content
+        reasoning = part.get("reasoning_content")
+        if not isinstance(reasoning, str):
+            reasoning = part.get("reasoning")  # OpenRouter
+        if isinstance(reasoning, str):
+            delta.reasoning += reasoning
+        for call in part.get("tool_calls") or ():
+            _add_tool_call(answer, call)
+        if choice.get("finish_reason"):
+            answer.finish_reason = str(choice["finish_reason"])
+    return delta if (delta.content or delta.reasoning) else None
+
+
+def _add_tool_call(answer: Answer, call: Any) -> None:
+    if not isinstance(call, dict):
+        return
+    index = call.get("index", len(answer.tool_calls))
+    slot = answer.tool_calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+    if call.get("id"):
+        slot["id"] = call["id"]
+    function = call.get("function") or {}
+    if function.get("name"):
+        slot["name"] = function["name"]
+    if isinstance(function.get("arguments"), str):
+        slot["arguments"] += function["arguments"]
+
+
+class Responses:
+    name = "responses"
+    path = "/responses"
+
+    def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {"model": model, "input": messages, "stream": True, "store": False}
+
+    def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
+        if event.data.startswith("[DONE]"):
+            raise StreamEnd
+        obj = _data(event)
+        if not isinstance(obj, dict):
+            return None
+        kind = obj.get("type") or event.event
+        if kind == "error" or (kind is None and "error" in obj):
+            message = obj.get("message") or error_text(obj)[1] or "no reason given"
+            raise UpstreamError(f"The upstream stopped with an error: {message}")
+        if kind == "response.output_text.delta":
+            return Delta(content=str(obj.get("delta") or ""))
+        if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            return Delta(reasoning=str(obj.get("delta") or ""))
+        response = obj.get("response")
+        if isinstance(response, dict):
+            answer.response_id = str(response.get("id") or answer.response_id)
+            answer.model = str(response.get("model") or answer.model)
+            if isinstance(response.get("usage"), dict):
+                answer.usage = Usage.from_responses(response["usage"])
+            if kind == "response.completed":
+                answer.finish_reason = "stop"
+                raise StreamEnd
+            if kind in ("response.incomplete", "response.failed"):
+                details = response.get("incomplete_details") or {}
+                answer.finish_reason = str(details.get("reason") or kind.split(".")[1])
+                if kind == "response.failed":
+                    _, text = error_text(response)
+                    raise UpstreamError(f"The upstream stopped with an error: {text or 'failed'}")
+                raise StreamEnd
+        return None
+
+
+class AnthropicMessages:
+    name = "anthropic_messages"
+    path = "/messages"
+
+    def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [m for m in messages if m["role"] != "system"],
+            "max_tokens": 8192,
+            "stream": True,
+        }
+        if system:
+            body["system"] = system
+        return body
+
+    def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
+        obj = _data(event)
+        if not isinstance(obj, dict):
+            return None
+        kind = obj.get("type") or event.event
+        if kind == "error":
+            _, text = error_text(obj)
+            raise UpstreamError(f"The upstream stopped with an error: {text or 'no reason given'}")
+        if kind == "message_start":
+            message = obj.get("message") or {}
+            answer.response_id = str(message.get("id") or "")
+            answer.model = str(message.get("model") or answer.model)
+            if isinstance(message.get("usage"), dict):
+                answer.usage = Usage.from_anthropic(message["usage"], None)
+        elif kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return Delta(content=str(delta.get("text") or ""))
+            if delta.get("type") == "thinking_delta":
+                return Delta(reasoning=str(delta.get("thinking") or ""))
+        elif kind == "message_delta":
+            delta = obj.get("delta") or {}
+            if delta.get("stop_reason"):
+                answer.finish_reason = str(delta["stop_reason"])
+            if isinstance(obj.get("usage"), dict):
+                answer.usage = Usage.from_anthropic(obj["usage"], answer.usage)
+        elif kind == "message_stop":
+            raise StreamEnd
+        return None
+
+
+DIALECTS: dict[str, Callable[[], Any]] = {
+    "chat_completions": ChatCompletions,
+    "responses": Responses,
+    "anthropic_messages": AnthropicMessages,
+}
+
+
+# ---------------------------------------------------------------------------
+# The client
+
+
+@dataclass
+class Timeouts:
+    connect: float = 10.0
+    first_token: float = 600.0
+    idle: float = 120.0
+    total: float = 3600.0
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_client(connect_timeout: float = 10.0) -> httpx.AsyncClient:
+    """One AsyncClient per event loop (that is, per process in production)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            # Our own deadlines (first token, idle, total) replace httpx's read timeout.
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        )
+        _clients[loop] = client
+    return client
+
+
+class Upstream:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        style: str = "chat_completions",
+        timeouts: Timeouts | None = None,
+        max_retries: int = 2,
+        client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        if style not in DIALECTS:
+            raise ValueError(f"unknown API style {style!r}")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.dialect = DIALECTS[style]()
+        self.timeouts = timeouts or Timeouts()
+        self.max_retries = max_retries
+        self._client = client
+        self._sleep = sleep
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self._client or shared_client(self.timeouts.connect)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if self.dialect.name == "anthropic_messages":
+            headers["x-api-key"] = self.api_key
+            headers["anthropic-version"] = "2023-06-01"
+        else:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+
+    async def stream(
+        self, answer: Answer, model: str, messages: list[dict[str, str]]
+    ) -> AsyncIterator[Delta]:
+        """Stream one answer, retrying only while nothing has been relayed yet."""
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.total
+        while True:
+            relayed = False
+            try:
+                async for delta in self._stream_once(answer, model, messages, deadline):
+                    relayed = True
+                    yield delta
+                return
+            except UpstreamError as exc:
+                if relayed or not exc.retryable or attempt >= self.max_retries:
+                    raise
+                attempt += 1
+                wait = exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt
+                wait = min(wait, 30.0) + random.uniform(0, 0.1)
+                logger.warning(
+                    "upstream attempt %d failed (%s); retrying in %.1fs", attempt, exc, wait
+                )
+                await self._sleep(wait)
+
+    async def _stream_once(
+        self, answer: Answer, model: str, messages: list[dict[str, str]], deadline: float
+    ) -> AsyncIterator[Delta]:
+        url = self.base_url + self.dialect.path
+        body = self.dialect.body(model, messages)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        got_token = False
+
+        def next_deadline() -> float:
+            limit = self.timeouts.idle if got_token else self.timeouts.first_token
+            return min(deadline, loop.time() + limit)
+
+        try:
+            async with asyncio.timeout(min(deadline, started + self.timeouts.first_token)) as cm:
+                async with self.client.stream(
+                    "POST", url, json=body, headers=self.headers()
+                ) as response:
+                    await self._check_response(response)
+                    async for event in EventSource(response).aiter_sse():
+                        try:
+                            delta = self.dialect.feed(event, answer)
+                        except StreamEnd:
+                            return
+                        if delta is None:
+                            # Keepalives and empty deltas still prove the upstream is alive.
+                            cm.reschedule(next_deadline())
+                            continue
+                        got_token = True
+                        cm.reschedule(next_deadline())
+                        answer.add(delta)
+                        yield delta
+        except TimeoutError:
+            if loop.time() >= deadline - 0.001:
+                raise UpstreamError(
+                    f"The answer took longer than the overall limit of "
+                    f"{self.timeouts.total:g} s and was cut off."
+                ) from None
+            if got_token:
+                raise UpstreamError(
+                    f"The upstream went silent for more than {self.timeouts.idle:g} s "
+                    "in the middle of the answer."
+                ) from None
+            raise UpstreamError(
+                f"No answer from the upstream within {self.timeouts.first_token:g} s.",
+                retryable=False,
+            ) from None
+        except httpx.ConnectError as exc:
+            logger.warning("upstream connect to %s failed: %s", url, exc)
+            raise UpstreamError(
+                "Could not connect to the upstream API. Check XAI_BASE_URL and the network.",
+                retryable=True,
+            ) from None
+        except httpx.ConnectTimeout:
+            raise UpstreamError(
+                f"Connecting to the upstream took more than {self.timeouts.connect:g} s.",
+                retryable=True,
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            logger.warning("upstream connection to %s broke: %s", url, exc)
+            raise UpstreamError(
+                "The connection to the upstream broke before the answer was complete.",
+                retryable=not got_token,
+            ) from None
+
+    async def _check_response(self, response: httpx.Response) -> None:
+        if response.status_code != 200:
+            raw = (await response.aread()).decode("utf-8", "replace")
+            error = describe_status(response.status_code, self.redact(raw))
+            error.message = self.redact(error.message)
+            error.args = (error.message,)
+            error.retry_after = parse_retry_after(response.headers.get("retry-after"))
+            logger.warning(
+                "upstream %s answered %d: %s",
+                response.request.url.path,
+                response.status_code,
+                self.redact(raw)[:500],
+            )
+            raise error
+        content_type = response.headers.get("content-type", "")
+        if "text/event-stream" not in content_type:
+            raw = (await response.aread()).decode("utf-8", "replace")
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            _, text = error_text(body)
+            logger.warning(
+                "upstream answered 200 with %r: %s", content_type, self.redact(raw)[:500]
+            )
+            raise UpstreamError(
+                self.redact(
+                    f"The upstream did not stream an answer: {text}"
+                    if text
+                    else f"The upstream answered with {content_type or 'no content type'}, "
+                    "not an event stream."
+                )
+            )
+
+
+def fetch_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]:
+    """The ids of the models the upstream offers (OpenAI's `/models`, key `data`)."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(timeout=timeout) as client:
+        response = client.get(base_url.rstrip("/") + "/models", headers=headers)
+        response.raise_for_status()
+        body = response.json()
+    items = body.get("data") or body.get("models") or []
+    return sorted({str(item["id"]) for item in items if isinstance(item, dict) and "id" in item})

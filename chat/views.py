@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.core.cache import cache
+from django.db import connection, transaction
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from chat.models import Conversation, Message, Usage
+from chat.upstream import fetch_models
+
+logger = logging.getLogger(__name__)
+SIDEBAR_LIMIT = 200
+
+
+def _get_conversation_for_user(request: HttpRequest, conversation_id: int) -> Conversation:
+    return get_object_or_404(Conversation.objects.for_user(request.user), id=conversation_id)
+
+
+def _models() -> list[str]:
+    """The upstream's model ids, cached; the configured default is always offered."""
+    models = cache.get("upstream-models")
+    if models is None:
+        models = []
+        if settings.XAI_API_KEY:
+            try:
+                models = fetch_models(settings.XAI_BASE_URL, settings.XAI_API_KEY)
+            except Exception as exc:
+                logger.warning("could not list the upstream's models: %s", type(exc).__name__)
+        # Cache a failure briefly so a down upstream doesn't slow every page.
+        timeout = settings.UPSTREAM_MODELS_CACHE_SECONDS if models else 30
+        cache.set("upstream-models", models, timeout)
+    if settings.CHAT_DEFAULT_MODEL not in models:
+        models = [settings.CHAT_DEFAULT_MODEL, *models]
+    return models
+
+
+def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
+    messages: list[Message] = []
+    if conversation is not None:
+        messages = list(conversation.messages.select_related("usage").order_by("id"))
+    context = {
+        "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
+        "conversation": conversation,
+        "messages": messages,
+        "models": _models(),
+        "default_model": settings.CHAT_DEFAULT_MODEL,
+        "api_key_configured": bool(settings.XAI_API_KEY),
+        "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+    }
+    return render(request, "chat/chat.html", context)
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    return _chat_page(request, None)
+
+
+@login_required
+def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    return _chat_page(request, _get_conversation_for_user(request, conversation_id))
+
+
+@login_required
+@require_POST
+def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _get_conversation_for_user(request, conversation_id)
+    title = " ".join(request.POST.get("title", "").split())[:200]
+    if title:
+        conversation.title = title
+        conversation.save(update_fields=["title"])
+    return redirect("conversation", conversation.id)
+
+
+@login_required
+def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _get_conversation_for_user(request, conversation_id)
+    if request.method == "POST":
+        conversation.delete()
+        return redirect("index")
+    return render(request, "chat/confirm_delete.html", {"conversation": conversation})
+
+
+class LoginView(auth_views.LoginView):
+    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not get_user_model().objects.exists():
+            return redirect("setup")
+        return super().dispatch(request, *args, **kwargs)
+
+
+def setup(request: HttpRequest) -> HttpResponse:
+    """First run: create the first admin. Gone once any user exists."""
+    User = get_user_model()
+    if User.objects.exists():
+        return redirect("login")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            if User.objects.select_for_update().exists():
+                return redirect("login")
+            user = form.save(commit=False)
+            user.is_staff = user.is_superuser = True
+            user.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("index")
+    return render(request, "chat/setup.html", {"form": form})
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return JsonResponse({"database": "down"}, status=503)
+    return JsonResponse({"database": "ok"})
+
+
+def _parse_date(value: str | None, default: dt.date) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value) if value else default
+    except ValueError:
+        return default
+
+
+@staff_member_required
+def usage_report(request: HttpRequest) -> HttpResponse:
+    today = timezone.localdate()
+    start = _parse_date(request.GET.get("start"), today - dt.timedelta(days=29))
+    end = _parse_date(request.GET.get("end"), today)
+    tz = timezone.get_current_timezone()
+    since = dt.datetime.combine(start, dt.time.min, tzinfo=tz)
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
+    rows = list(Usage.objects.filter(created_at__gte=since, created_at__lt=until).per_user())
+    keys = (
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "cached_prompt_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+    )
+    totals = {key: sum(row[key] or 0 for row in rows) for key in keys}
+    context = {
+        "title": "Usage per user",
+        "rows": rows,
+        "totals": totals,
+        "start": start,
+        "end": end,
+        "site_header": "Django administration",
+        "has_permission": True,
+    }
+    return render(request, "admin/usage_report.html", context)
