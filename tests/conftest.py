@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+
+from chat.consumers import ChatConsumer
+from tests.fake_upstream import FakeUpstream
+
+API_KEY = "xai-test-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def upstream(fake_upstream_server: FakeUpstream, settings) -> Iterator[FakeUpstream]:
+    fake_upstream_server.reset()
+    settings.XAI_BASE_URL = fake_upstream_server.base_url
+    settings.XAI_API_KEY = API_KEY
+    settings.XAI_API_STYLE = "chat_completions"
+    settings.UPSTREAM_MAX_RETRIES = 0
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
+@pytest.fixture
+def alice(django_user_model) -> User:
+    return django_user_model.objects.create_user("alice", password="alice-password-1")
+
+
+@pytest.fixture
+def bob(django_user_model) -> User:
+    return django_user_model.objects.create_user("bob", password="bob-password-1")
+
+
+@pytest.fixture
+def staff(django_user_model) -> User:
+    return django_user_model.objects.create_user(
+        "staff", password="staff-password-1", is_staff=True, is_superuser=True
+    )
+
+
+class Socket:
+    """A WebsocketCommunicator for one user, with helpers to read frames by type."""
+
+    def __init__(self, user: User) -> None:
+        self.comm = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/chat/")
+        self.comm.scope["user"] = user
+
+    async def connect(self) -> Socket:
+        connected, _ = await self.comm.connect()
+        assert connected
+        return self
+
+    async def send(self, **frame) -> None:
+        await self.comm.send_json_to(frame)
+
+    async def receive(self, timeout: float = 5) -> dict:
+        return await self.comm.receive_json_from(timeout=timeout)
+
+    async def until(self, kind: str, timeout: float = 10) -> tuple[dict, list[dict]]:
+        """Frames up to and including the first of `kind`; returns (that frame, all)."""
+        seen = []
+        while True:
+            frame = await self.receive(timeout)
+            seen.append(frame)
+            if frame["type"] == kind:
+                return frame, seen
+
+    async def close(self) -> None:
+        await self.comm.disconnect()
+
+
+@pytest.fixture
+def socket_for():
+    sockets: list[Socket] = []
+
+    async def make(user: User) -> Socket:
+        socket = await Socket(user).connect()
+        sockets.append(socket)
+        return socket
+
+    return make
