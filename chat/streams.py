@@ -199,9 +199,7 @@ class AnswerRun:
             self._flush_handle = None
         await self._flush()
         answer = self.answer
-        ttft_ms = (
-            round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
-        )
+        ttft_ms = round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
         duration_ms = round((time.monotonic() - started) * 1000)
         usage = answer.usage
         if usage is not None:

@@ -64,7 +64,11 @@ if not SECRET_KEY:
     else:
         SECRET_KEY = "insecure-debug-only-key"
 
-ALLOWED_HOSTS = [h.strip() for h in os.getenv("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.getenv("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+    if h.strip()
+]
 if "*" in ALLOWED_HOSTS and not DEBUG:
     raise ImproperlyConfigured(
         "DJANGO_ALLOWED_HOSTS contains '*': with DEBUG off this would let every site open "
@@ -168,8 +172,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
-if DEBUG or envbool("DJANGO_PLAIN_STATIC", "false"):
-    # Serve from the source tree without collectstatic (development, tests).
+if DEBUG or not (STATIC_ROOT / "staticfiles.json").exists():
+    # No collectstatic yet (a fresh clone, tests): serve from the source tree.
     STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
     WHITENOISE_USE_FINDERS = True
     WHITENOISE_AUTOREFRESH = DEBUG

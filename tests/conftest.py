@@ -4,10 +4,17 @@ from collections.abc import Iterator
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 
 from chat.consumers import ChatConsumer
 from tests.fake_upstream import FakeUpstream
+
+# Tests serve static files from the source tree, whatever collectstatic left behind.
+django_settings.STORAGES = {
+    **django_settings.STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 API_KEY = "xai-test-key-0123456789abcdef"
 

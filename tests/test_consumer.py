@@ -146,7 +146,10 @@ async def test_an_error_inside_the_stream_keeps_the_partial_answer(upstream, ali
     body = sse(
         chunk("Partial "),
         chunk("answer"),
-        {"code": "The service is currently unavailable", "error": "Timed out waiting for first token"},
+        {
+            "code": "The service is currently unavailable",
+            "error": "Timed out waiting for first token",
+        },
         done=False,
     )
     upstream.queue(Reply(body=body, pieces="random"))
