@@ -166,9 +166,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.known = {}
             await self.channel_layer.group_add(viewers_group(conversation_id), self.channel_name)
         if announce:
-            await self.send_json(
-                {"type": "watching", "conversation_id": conversation_id, "streaming": []}
-            )
+            await self.send_json({"type": "watching", "conversation_id": conversation_id})
             # Answers streaming now, here or in another process, reply with chat.snapshot.
             await self.channel_layer.group_send(
                 control_group(conversation_id),

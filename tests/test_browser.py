@@ -1,0 +1,130 @@
+"""The chat as a person uses it, in headless Chromium against Daphne."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.fake_upstream import FakeUpstream, Reply, slow_stream, transcript
+from tests.live import app_env, daphne, manage
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+
+@pytest.fixture(scope="module")
+def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("live")
+    env = app_env(tmp, fake_upstream_server.base_url)
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User;"
+        "User.objects.create_user('alice', password='alice-password-1');"
+        "User.objects.create_superuser('staff', password='staff-password-1')",
+    )
+    with daphne(env, tmp / "daphne.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, fake_upstream_server: FakeUpstream) -> Iterator[Page]:
+    fake_upstream_server.reset()
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], errors
+
+
+def log_in(page: Page, live: str, username: str, password: str) -> None:
+    page.goto(live + "/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit], input[type=submit]")
+    page.wait_for_url(re.compile(r"^(?!.*login).*$"))
+
+
+def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
+    page: Page, live: str, fake_upstream_server: FakeUpstream
+) -> None:
+    fake_upstream_server.queue(slow_stream(count=40, delay=0.05, text="grow "))
+    log_in(page, live, "alice", "alice-password-1")
+    page.wait_for_function("window.__chatReady === true")
+
+    page.fill("#prompt", "Please count for me")
+    page.keyboard.press("Enter")
+    answer = page.locator("article.message[data-role=assistant] .content").last
+    expect(answer).to_contain_text("grow")
+    first_length = len(answer.inner_text())
+    expect(page.locator("#stop-button")).to_be_visible()
+    page.wait_for_function(
+        "len => document.querySelector('article.message[data-role=assistant]:last-of-type .content')"
+        ".innerText.length > len",
+        arg=first_length,
+    )
+    assistant = page.locator("article.message[data-role=assistant]").last
+    expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+    expect(answer).to_have_text(re.compile(r"^(grow ?){40}$"))
+
+    page.reload()
+    expect(page.locator("#conversation-list li").first).to_contain_text("Please count for me")
+    expect(page.locator("article.message[data-role=user]").last).to_have_text("Please count for me")
+    expect(page.locator("article.message[data-role=assistant] .content").last).to_have_text(
+        re.compile(r"^(grow ?){40}$")
+    )
+
+    page.click("text=Log out")
+    log_in(page, live, "staff", "staff-password-1")
+    page.goto(live + "/admin/")
+    page.click("text=Usage per user")
+    row = page.locator("#usage-table tr[data-username=alice]")
+    expect(row).to_be_visible()
+    # slow_stream reports usage: 10 prompt + 40 completion tokens.
+    expect(row.locator("td.total")).to_have_text("50")
+
+
+def test_markdown_renders_the_same_live_and_after_reload(
+    page: Page, live: str, fake_upstream_server: FakeUpstream
+) -> None:
+    body = transcript("fantasy-xai-grok-code-fast-1.sse")
+    fake_upstream_server.queue(Reply(body=body, pieces="random", delay=0.001))
+    log_in(page, live, "alice", "alice-password-1")
+    page.wait_for_function("window.__chatReady === true")
+    page.fill("#prompt", "Say hi in Portuguese")
+    page.click("#send-button")
+    assistant = page.locator("article.message[data-role=assistant]").last
+    expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+    live_html = assistant.locator(".content").inner_html()
+    expect(assistant.locator("details.reasoning")).to_have_count(1)
+    assert not assistant.locator("details.reasoning").evaluate("d => d.open")
+    page.reload()
+    reloaded = page.locator("article.message[data-role=assistant]").last
+    assert reloaded.locator(".content").inner_html() == live_html
+    expect(reloaded.locator(".meta")).to_contain_text("grok-code-fast-1")

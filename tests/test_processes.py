@@ -1,0 +1,107 @@
+"""Several Daphne processes sharing one database and Redis, as in production."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.fake_upstream import FakeUpstream, slow_stream
+from tests.live import app_env, daphne, manage
+
+REDIS = ("127.0.0.1", 6379)
+
+
+def _redis_answers() -> bool:
+    try:
+        with socket.create_connection(REDIS, timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _redis_answers(), reason="REDIS NOT RUNNING on 127.0.0.1:6379: cross-process tests skipped"
+)
+
+
+@pytest.fixture(scope="module")
+def two_processes(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[list[str]]:
+    tmp = tmp_path_factory.mktemp("procs")
+    env = app_env(tmp, fake_upstream_server.base_url, REDIS_URL="redis://127.0.0.1:6379/15")
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User;"
+        "User.objects.create_user('alice', password='alice-password-1')",
+    )
+    with daphne(env, tmp / "a.log") as a, daphne(env, tmp / "b.log") as b:
+        yield [a, b]
+
+
+def session_cookie(url: str, username: str, password: str) -> str:
+    with httpx.Client(base_url=url) as client:
+        client.get("/accounts/login/")
+        token = client.cookies["csrftoken"]
+        response = client.post(
+            "/accounts/login/",
+            data={"username": username, "password": password, "csrfmiddlewaretoken": token},
+        )
+        assert response.status_code == 302, response.text
+        return f"sessionid={client.cookies['sessionid']}"
+
+
+async def _frames_until(ws, kind: str, timeout: float = 10) -> tuple[dict, list[dict]]:
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await ws.recv())
+            seen.append(frame)
+            if frame["type"] == kind:
+                return frame, seen
+
+
+def _connect(url: str, cookie: str):
+    ws_url = url.replace("http://", "ws://") + "/ws/chat/"
+    return websockets.connect(ws_url, additional_headers={"Cookie": cookie, "Origin": url})
+
+
+async def test_a_tab_on_another_process_sees_the_stream_and_stops_it(
+    two_processes: list[str], fake_upstream_server: FakeUpstream
+) -> None:
+    fake_upstream_server.reset()
+    fake_upstream_server.queue(slow_stream(count=400, delay=0.02))
+    a, b = two_processes
+    cookie = session_cookie(a, "alice", "alice-password-1")
+    async with _connect(a, cookie) as first, _connect(b, cookie) as second:
+        await first.send(json.dumps({"type": "send", "content": "count", "conversation_id": None}))
+        start, _ = await _frames_until(first, "message.start")
+        await _frames_until(first, "delta")
+
+        await second.send(
+            json.dumps({"type": "watch", "conversation_id": start["conversation_id"]})
+        )
+        snapshot, _ = await _frames_until(second, "snapshot")
+        assert snapshot["message_id"] == start["message"]["id"]
+        assert snapshot["content"].startswith("tick")
+        delta, _ = await _frames_until(second, "delta")
+        assert delta["content"].startswith("tick")
+
+        await second.send(json.dumps({"type": "stop", "message_id": start["message"]["id"]}))
+        loop = asyncio.get_running_loop()
+        stop_sent = loop.time()
+        end, _ = await _frames_until(first, "message.end", timeout=5)
+        stopped_after = loop.time() - stop_sent
+        assert end["state"] == "stopped"
+        second_end, _ = await _frames_until(second, "message.end", timeout=5)
+        assert second_end["state"] == "stopped"
+        assert second_end["message_id"] == end["message_id"]
+    print(f"stop across processes took {stopped_after * 1000:.0f} ms")
