@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -389,12 +389,23 @@ class AnthropicMessages:
             answer.model = str(message.get("model") or answer.model)
             if isinstance(message.get("usage"), dict):
                 answer.usage = Usage.from_anthropic(message["usage"], None)
+        elif kind == "content_block_start":
+            # Tool calls are kept like the chat dialect's, keyed by the block's index.
+            block = obj.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                answer.tool_calls[obj.get("index", len(answer.tool_calls))] = {
+                    "id": str(block.get("id") or ""),
+                    "name": str(block.get("name") or ""),
+                    "arguments": "",
+                }
         elif kind == "content_block_delta":
             delta = obj.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return Delta(content=str(delta.get("text") or ""))
             if delta.get("type") == "thinking_delta":
                 return Delta(reasoning=str(delta.get("thinking") or ""))
+            if delta.get("type") == "input_json_delta" and obj.get("index") in answer.tool_calls:
+                answer.tool_calls[obj["index"]]["arguments"] += str(delta.get("partial_json") or "")
         elif kind == "message_delta":
             delta = obj.get("delta") or {}
             if delta.get("stop_reason"):
@@ -519,25 +530,37 @@ class Upstream:
             limit = self.timeouts.idle if got_token else self.timeouts.first_token
             return min(deadline, loop.time() + limit)
 
+        # Deadlines are loop times, hence timeout_at (asyncio.timeout() takes a delay: given
+        # a loop time, the first-token limit never fired). Each wait on the upstream gets
+        # its own deadline; none is armed while this generator is parked at `yield`.
+        # (One asyncio.timeout() around the whole loop
+        # counted the consumer's own time as upstream silence, cancelled the consumer's task
+        # wherever it was when it fired, and, holding that task, put an abandoned stream in
+        # a reference cycle, so its pool connection stayed taken until a full GC.)
+        response: httpx.Response | None = None
+        events: AsyncGenerator[ServerSentEvent, None] | None = None
+        until = min(deadline, started + self.timeouts.first_token)
         try:
-            async with asyncio.timeout(min(deadline, started + self.timeouts.first_token)) as cm:
-                async with self.client.stream(
-                    "POST", url, json=body, headers=self.headers()
-                ) as response:
-                    await self._check_response(response)
-                    async for event in EventSource(response).aiter_sse():
-                        try:
-                            delta = self.dialect.feed(event, answer)
-                        except StreamEnd:
-                            return
-                        if delta is None:
-                            # Keepalives and empty deltas still prove the upstream is alive.
-                            cm.reschedule(next_deadline())
-                            continue
-                        got_token = True
-                        cm.reschedule(next_deadline())
-                        answer.add(delta)
-                        yield delta
+            async with asyncio.timeout_at(until):
+                request = self.client.build_request("POST", url, json=body, headers=self.headers())
+                response = await self.client.send(request, stream=True)
+                await self._check_response(response)
+            events = EventSource(response).aiter_sse()
+            while True:
+                async with asyncio.timeout_at(until):
+                    event = await anext(events, None)
+                if event is None:
+                    return
+                try:
+                    delta = self.dialect.feed(event, answer)
+                except StreamEnd:
+                    return
+                if delta is not None:
+                    got_token = True
+                    answer.add(delta)
+                    yield delta
+                # Keepalives and empty deltas still prove the upstream is alive.
+                until = next_deadline()
         except TimeoutError:
             if loop.time() >= deadline - 0.001:
                 raise UpstreamError(
@@ -570,6 +593,11 @@ class Upstream:
                 "The connection to the upstream broke before the answer was complete.",
                 retryable=not got_token,
             ) from None
+        finally:
+            if events is not None:
+                await events.aclose()
+            if response is not None:
+                await response.aclose()
 
     async def _check_response(self, response: httpx.Response) -> None:
         if response.status_code != 200:

@@ -1,0 +1,630 @@
+// Browser side of the chat: websocket protocol (docs/protocol.md) and safe markdown rendering.
+// Vendored UMD globals: markdownit, DOMPurify, hljs.
+
+const chatEl = document.getElementById("chat");
+const messagesEl = document.getElementById("messages");
+const conversationList = document.getElementById("conversation-list");
+const conversationActions = document.getElementById("conversation-actions");
+const composer = document.getElementById("composer");
+const promptEl = document.getElementById("prompt");
+const modelPicker = document.getElementById("model-picker");
+const sendButton = document.getElementById("send-button");
+const stopButton = document.getElementById("stop-button");
+const noticeEl = document.getElementById("notice");
+const noticeText = noticeEl.querySelector(".notice-text");
+const noticeDismiss = noticeEl.querySelector(".notice-dismiss");
+const connectionStatus = document.getElementById("connection-status");
+
+const SOCKET_URL = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws/chat/`;
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 10000;
+const PING_INTERVAL_MS = 25000;
+const STATE_LABELS = {
+  streaming: "streaming…",
+  stopped: "stopped",
+  error: "error",
+  interrupted: "interrupted",
+  stale: "ended while disconnected — reload to see the final answer",
+};
+const SAFE_LINK_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
+const SAFE_IMAGE_PROTOCOLS = new Set(["http:", "https:"]);
+
+let currentConversationId = toId(messagesEl.dataset.conversationId);
+let socket = null;
+let retryDelay = RETRY_MIN_MS;
+let pingTimer = null;
+let pendingSend = null; // {content, conversationId} until message.start or error arrives
+let watchedStreamingIds = new Set(); // answers streaming when the last `watch` was sent
+const entries = new Map(); // message id -> {article, content, reasoning, ...}
+const dirtyIds = new Set();
+let frameRequested = false;
+
+// ---------------------------------------------------------------- markdown
+
+const md = window.markdownit({ html: false, linkify: true, typographer: false, highlight: highlightCode });
+md.core.ruler.push("table_align_classes", alignCellsWithClasses);
+
+const PURIFY_CONFIG = {
+  USE_PROFILES: { html: true },
+  FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed"],
+  FORBID_ATTR: ["style"],
+};
+
+DOMPurify.addHook("afterSanitizeAttributes", restrictUrls);
+
+function highlightCode(code, lang) {
+  if (lang && hljs.getLanguage(lang)) {
+    try {
+      return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
+    } catch {
+      // fall through: markdown-it escapes the code itself
+    }
+  }
+  return "";
+}
+
+// GFM tables put alignment in style="text-align:…"; styles are forbidden, so use classes.
+function alignCellsWithClasses(state) {
+  for (const token of state.tokens) {
+    if (token.type !== "th_open" && token.type !== "td_open") continue;
+    const style = token.attrGet("style");
+    if (!style) continue;
+    token.attrs = token.attrs.filter(([name]) => name !== "style");
+    const match = /text-align:\s*(left|right|center)/.exec(style);
+    if (match) token.attrJoin("class", `align-${match[1]}`);
+  }
+}
+
+function urlProtocol(value) {
+  try {
+    return new URL(value.trim(), location.href).protocol;
+  } catch {
+    return null;
+  }
+}
+
+function restrictUrls(node) {
+  if (node.tagName === "A" && node.hasAttribute("href")) {
+    if (SAFE_LINK_PROTOCOLS.has(urlProtocol(node.getAttribute("href")))) {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    } else {
+      node.removeAttribute("href");
+    }
+  }
+  if (node.tagName === "IMG" && node.hasAttribute("src")) {
+    if (!SAFE_IMAGE_PROTOCOLS.has(urlProtocol(node.getAttribute("src")))) node.removeAttribute("src");
+  }
+}
+
+function renderMarkdown(target, text) {
+  target.innerHTML = DOMPurify.sanitize(md.render(text).trim(), PURIFY_CONFIG);
+  decorateCodeBlocks(target);
+}
+
+function decorateCodeBlocks(root) {
+  for (const pre of root.querySelectorAll("pre")) {
+    const code = pre.querySelector("code");
+    if (code) code.classList.add("hljs");
+    const wrapper = document.createElement("div");
+    wrapper.className = "code-block";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy-button";
+    button.textContent = "Copy";
+    pre.replaceWith(wrapper);
+    wrapper.append(button, pre);
+  }
+}
+
+async function copyCode(button) {
+  const pre = button.parentElement.querySelector("pre");
+  if (!pre) return;
+  try {
+    await navigator.clipboard.writeText(pre.textContent);
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  } catch {
+    // clipboard unavailable (insecure context, permission): stay silent
+  }
+}
+
+// ---------------------------------------------------------------- messages
+
+function toId(value) {
+  if (value === undefined || value === null || value === "") return null;
+  const number = Number(value);
+  return Number.isInteger(number) ? number : null;
+}
+
+function toNumber(value) {
+  if (value === undefined || value === null || value === "") return null;
+  const number = Number(value);
+  return Number.isFinite(number) ? number : null;
+}
+
+function usageFromDataset(data) {
+  if (data.totalTokens === undefined && data.promptTokens === undefined) return null;
+  return {
+    prompt_tokens: toNumber(data.promptTokens),
+    cached_prompt_tokens: toNumber(data.cachedPromptTokens),
+    completion_tokens: toNumber(data.completionTokens),
+    reasoning_tokens: toNumber(data.reasoningTokens),
+    total_tokens: toNumber(data.totalTokens),
+  };
+}
+
+function formatMeta(entry) {
+  const parts = [];
+  if (entry.model) parts.push(entry.model);
+  const usage = entry.usage;
+  if (usage) {
+    const cached = usage.cached_prompt_tokens ? ` (${usage.cached_prompt_tokens} cached)` : "";
+    parts.push(`${usage.prompt_tokens ?? 0} in${cached}`);
+    parts.push(`${usage.completion_tokens ?? 0} out`);
+    if (usage.reasoning_tokens) parts.push(`${usage.reasoning_tokens} reasoning`);
+    parts.push(`${usage.total_tokens ?? 0} total`);
+  }
+  if (entry.ttftMs !== null && entry.ttftMs !== undefined) parts.push(`first token ${entry.ttftMs} ms`);
+  return parts.join(" · ");
+}
+
+function formatDuration(entry) {
+  const bits = [];
+  if (entry.durationMs !== null && entry.durationMs !== undefined) {
+    bits.push(`took ${(entry.durationMs / 1000).toFixed(1)} s`);
+  }
+  if (entry.finishReason) bits.push(`finish reason: ${entry.finishReason}`);
+  return bits.join(", ");
+}
+
+function buildAssistantArticle(id) {
+  const article = document.createElement("article");
+  article.className = "message assistant";
+  article.dataset.messageId = String(id);
+  article.dataset.role = "assistant";
+  article.dataset.state = "streaming";
+  const state = document.createElement("span");
+  state.className = "state";
+  const reasoning = document.createElement("details");
+  reasoning.className = "reasoning";
+  reasoning.hidden = true;
+  const summary = document.createElement("summary");
+  summary.textContent = "Reasoning";
+  const reasoningText = document.createElement("div");
+  reasoningText.className = "reasoning-text";
+  reasoning.append(summary, reasoningText);
+  const content = document.createElement("div");
+  content.className = "content";
+  const error = document.createElement("div");
+  error.className = "error";
+  error.hidden = true;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  article.append(state, reasoning, content, error, meta);
+  return article;
+}
+
+function buildUserArticle(id, text) {
+  const article = document.createElement("article");
+  article.className = "message user";
+  article.dataset.messageId = String(id);
+  article.dataset.role = "user";
+  article.dataset.state = "complete";
+  const content = document.createElement("div");
+  content.className = "content";
+  content.textContent = text;
+  article.append(content);
+  return article;
+}
+
+function findArticle(id) {
+  return messagesEl.querySelector(`article.message[data-message-id="${CSS.escape(String(id))}"]`);
+}
+
+function appendArticle(article) {
+  document.getElementById("empty-state")?.remove();
+  messagesEl.append(article);
+}
+
+function newEntry(article) {
+  return {
+    article,
+    content: "",
+    reasoning: "",
+    state: "streaming",
+    error: "",
+    model: "",
+    finishReason: "",
+    ttftMs: null,
+    durationMs: null,
+    usage: null,
+  };
+}
+
+function entryFor(id, create = true) {
+  let entry = entries.get(id);
+  if (entry || !create) return entry || null;
+  let article = findArticle(id);
+  if (!article) {
+    article = buildAssistantArticle(id);
+    appendArticle(article);
+  }
+  entry = newEntry(article);
+  entries.set(id, entry);
+  return entry;
+}
+
+function hydrateArticle(article) {
+  const id = toId(article.dataset.messageId);
+  if (id === null || article.dataset.role !== "assistant") return;
+  const data = article.dataset;
+  const entry = newEntry(article);
+  const raw = article.querySelector(".raw");
+  entry.content = raw ? raw.textContent : "";
+  raw?.remove();
+  entry.reasoning = article.querySelector(".reasoning-text")?.textContent || "";
+  entry.state = data.state || "complete";
+  entry.error = article.querySelector(".error")?.textContent || "";
+  entry.model = data.model || "";
+  entry.finishReason = data.finishReason || "";
+  entry.ttftMs = toNumber(data.ttftMs);
+  entry.durationMs = toNumber(data.durationMs);
+  entry.usage = usageFromDataset(data);
+  entries.set(id, entry);
+  renderEntry(entry);
+}
+
+function renderEntry(entry) {
+  const article = entry.article;
+  article.dataset.state = entry.state;
+  const stateEl = article.querySelector(".state");
+  stateEl.textContent = STATE_LABELS[entry.state] || entry.state;
+  stateEl.hidden = entry.state === "complete";
+  const reasoning = article.querySelector(".reasoning");
+  reasoning.hidden = !entry.reasoning;
+  const reasoningText = reasoning.querySelector(".reasoning-text");
+  if (reasoningText.textContent !== entry.reasoning) reasoningText.textContent = entry.reasoning;
+  renderMarkdown(article.querySelector(".content"), entry.content);
+  const error = article.querySelector(".error");
+  const showError = Boolean(entry.error) || entry.state === "error";
+  error.hidden = !showError;
+  error.textContent = showError ? entry.error || "The answer failed." : "";
+  const meta = article.querySelector(".meta");
+  meta.textContent = entry.state === "streaming" ? "" : formatMeta(entry);
+  meta.title = entry.state === "streaming" ? "" : formatDuration(entry);
+  meta.hidden = !meta.textContent;
+}
+
+function isNearBottom() {
+  return messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight < 120;
+}
+
+function scrollToBottom() {
+  messagesEl.scrollTop = messagesEl.scrollHeight;
+}
+
+function scheduleRender(id) {
+  dirtyIds.add(id);
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(flushRenders);
+}
+
+function flushRenders() {
+  frameRequested = false;
+  const follow = isNearBottom();
+  for (const id of dirtyIds) {
+    const entry = entries.get(id);
+    if (entry) renderEntry(entry);
+  }
+  dirtyIds.clear();
+  if (follow) scrollToBottom();
+}
+
+function renderNow(entry, id) {
+  const follow = isNearBottom();
+  dirtyIds.delete(id);
+  renderEntry(entry);
+  if (follow) scrollToBottom();
+}
+
+function streamingIds() {
+  return [...entries].filter(([, entry]) => entry.state === "streaming").map(([id]) => id);
+}
+
+function updateStopButton() {
+  stopButton.hidden = streamingIds().length === 0;
+}
+
+function updateSendButton() {
+  sendButton.disabled = !promptEl.value.trim() || pendingSend !== null;
+}
+
+// ---------------------------------------------------------------- sidebar
+
+function urlFor(kind, id) {
+  return chatEl.dataset[`${kind}Url`].replace(chatEl.dataset.urlPlaceholder, String(id));
+}
+
+function markCurrentConversation(id) {
+  for (const link of conversationList.querySelectorAll("a[aria-current]")) link.removeAttribute("aria-current");
+  const item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(id))}"]`);
+  item?.querySelector("a")?.setAttribute("aria-current", "page");
+}
+
+function addConversationToSidebar(conversation) {
+  let item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(conversation.id))}"]`);
+  if (!item) {
+    item = document.createElement("li");
+    item.dataset.conversationId = String(conversation.id);
+    const link = document.createElement("a");
+    link.href = urlFor("conversation", conversation.id);
+    item.append(link);
+  }
+  item.querySelector("a").textContent = conversation.title;
+  conversationList.prepend(item);
+  markCurrentConversation(conversation.id);
+}
+
+function moveConversationToTop(id) {
+  const item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(id))}"]`);
+  if (item && item !== conversationList.firstElementChild) conversationList.prepend(item);
+}
+
+function csrfToken() {
+  return document.querySelector("input[name=csrfmiddlewaretoken]")?.value || "";
+}
+
+function showConversationActions(conversation) {
+  conversationActions.replaceChildren();
+  const form = document.createElement("form");
+  form.id = "rename-form";
+  form.className = "rename-form";
+  form.method = "post";
+  form.action = urlFor("rename", conversation.id);
+  const csrf = document.createElement("input");
+  csrf.type = "hidden";
+  csrf.name = "csrfmiddlewaretoken";
+  csrf.value = csrfToken();
+  const input = document.createElement("input");
+  input.id = "rename-input";
+  input.name = "title";
+  input.setAttribute("value", conversation.title);
+  input.maxLength = 200;
+  input.required = true;
+  input.setAttribute("aria-label", "Conversation title");
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.textContent = "Rename";
+  form.append(csrf, input, button);
+  const del = document.createElement("a");
+  del.id = "delete-link";
+  del.className = "delete-link";
+  del.href = urlFor("delete", conversation.id);
+  del.textContent = "Delete";
+  conversationActions.append(form, del);
+}
+
+// ---------------------------------------------------------------- notices
+
+function showNotice(text) {
+  noticeText.textContent = text;
+  noticeEl.hidden = false;
+}
+
+function hideNotice() {
+  noticeEl.hidden = true;
+  noticeText.textContent = "";
+}
+
+function setConnectionStatus(text) {
+  connectionStatus.textContent = text;
+  connectionStatus.hidden = !text;
+}
+
+// ---------------------------------------------------------------- socket
+
+function socketIsOpen() {
+  return socket !== null && socket.readyState === WebSocket.OPEN;
+}
+
+function sendFrame(frame) {
+  if (!socketIsOpen()) return false;
+  socket.send(JSON.stringify(frame));
+  return true;
+}
+
+function watchCurrentConversation() {
+  if (currentConversationId === null) return;
+  watchedStreamingIds = new Set(streamingIds());
+  sendFrame({ type: "watch", conversation_id: currentConversationId });
+}
+
+function connect() {
+  socket = new WebSocket(SOCKET_URL);
+  window.__chatSocket = socket;
+  socket.addEventListener("open", onSocketOpen);
+  socket.addEventListener("message", onSocketMessage);
+  socket.addEventListener("close", onSocketClose);
+}
+
+function onSocketOpen() {
+  retryDelay = RETRY_MIN_MS;
+  setConnectionStatus("");
+  window.__chatReady = true;
+  watchCurrentConversation();
+  clearInterval(pingTimer);
+  pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_INTERVAL_MS);
+}
+
+function onSocketClose() {
+  window.__chatReady = false;
+  clearInterval(pingTimer);
+  // A send without message.start may or may not have been taken; its text is still in the composer.
+  pendingSend = null;
+  updateSendButton();
+  setConnectionStatus(`Connection lost. Reconnecting in ${(retryDelay / 1000).toFixed(1)} s…`);
+  setTimeout(connect, retryDelay);
+  retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
+}
+
+function onSocketMessage(event) {
+  let frame;
+  try {
+    frame = JSON.parse(event.data);
+  } catch {
+    return;
+  }
+  const handler = FRAME_HANDLERS[frame && frame.type];
+  if (handler) handler(frame);
+}
+
+function onConversation(frame) {
+  const conversation = frame.conversation;
+  currentConversationId = conversation.id;
+  messagesEl.dataset.conversationId = String(conversation.id);
+  history.replaceState(null, "", urlFor("conversation", conversation.id));
+  document.title = `${conversation.title} · Grok Chat`;
+  addConversationToSidebar(conversation);
+  showConversationActions(conversation);
+}
+
+function onMessageStart(frame) {
+  if (frame.conversation_id !== currentConversationId) return;
+  if (pendingSend !== null) {
+    pendingSend = null;
+    promptEl.value = "";
+    updateSendButton();
+  }
+  const user = frame.user_message;
+  if (user && !findArticle(user.id)) appendArticle(buildUserArticle(user.id, user.content));
+  const answer = frame.message;
+  const entry = entryFor(answer.id);
+  entry.state = "streaming";
+  entry.model = answer.model || entry.model;
+  renderNow(entry, answer.id);
+  scrollToBottom();
+  updateStopButton();
+}
+
+function onDelta(frame) {
+  if (currentConversationId === null) return;
+  const entry = entryFor(frame.message_id);
+  if (entry.state !== "streaming") return; // a late frame after message.end
+  entry.content += frame.content || "";
+  entry.reasoning += frame.reasoning || "";
+  scheduleRender(frame.message_id);
+  updateStopButton();
+}
+
+function onMessageEnd(frame) {
+  moveConversationToTop(frame.conversation_id);
+  if (frame.conversation_id !== currentConversationId) return;
+  const entry = entryFor(frame.message_id);
+  entry.state = frame.state;
+  entry.error = frame.error || "";
+  entry.model = frame.model || entry.model;
+  entry.finishReason = frame.finish_reason || "";
+  entry.ttftMs = frame.ttft_ms ?? null;
+  entry.durationMs = frame.duration_ms ?? null;
+  entry.usage = frame.usage || null;
+  renderNow(entry, frame.message_id);
+  updateStopButton();
+}
+
+function onWatching(frame) {
+  if (frame.conversation_id !== currentConversationId) return;
+  const live = new Set();
+  for (const snapshot of frame.streaming || []) {
+    live.add(snapshot.message_id);
+    const entry = entryFor(snapshot.message_id);
+    entry.state = "streaming";
+    entry.content = snapshot.content || "";
+    entry.reasoning = snapshot.reasoning || "";
+    renderNow(entry, snapshot.message_id);
+  }
+  // Answers that were streaming when we asked but are not any more ended while we were not listening.
+  for (const id of watchedStreamingIds) {
+    const entry = entries.get(id);
+    if (!live.has(id) && entry && entry.state === "streaming") {
+      entry.state = "stale";
+      renderNow(entry, id);
+    }
+  }
+  watchedStreamingIds = new Set();
+  updateStopButton();
+}
+
+function onError(frame) {
+  showNotice(frame.message || frame.code || "Something went wrong.");
+  if (frame.message_id === undefined || frame.message_id === null) {
+    if (pendingSend !== null) {
+      if (!promptEl.value.trim()) promptEl.value = pendingSend.content;
+      pendingSend = null;
+    }
+    updateSendButton();
+  }
+}
+
+const FRAME_HANDLERS = {
+  conversation: onConversation,
+  watching: onWatching,
+  "message.start": onMessageStart,
+  delta: onDelta,
+  "message.end": onMessageEnd,
+  error: onError,
+  pong: () => {},
+};
+
+// ---------------------------------------------------------------- composer
+
+function submitPrompt() {
+  const content = promptEl.value;
+  if (!content.trim() || pendingSend !== null) return;
+  if (!socketIsOpen()) {
+    showNotice("Not connected to the server yet. Your message is kept; try again in a moment.");
+    return;
+  }
+  pendingSend = { content, conversationId: currentConversationId };
+  sendFrame({ type: "send", content, conversation_id: currentConversationId, model: modelPicker.value || null });
+  updateSendButton();
+}
+
+function onPromptKeydown(event) {
+  if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+  event.preventDefault();
+  submitPrompt();
+}
+
+function onComposerSubmit(event) {
+  event.preventDefault();
+  submitPrompt();
+}
+
+function onStopClick() {
+  for (const id of streamingIds()) sendFrame({ type: "stop", message_id: id });
+}
+
+function onMessagesClick(event) {
+  const button = event.target.closest(".copy-button");
+  if (button && messagesEl.contains(button)) copyCode(button);
+}
+
+// ---------------------------------------------------------------- start
+
+function init() {
+  for (const article of messagesEl.querySelectorAll("article.message")) hydrateArticle(article);
+  updateStopButton();
+  updateSendButton();
+  scrollToBottom();
+  composer.addEventListener("submit", onComposerSubmit);
+  promptEl.addEventListener("keydown", onPromptKeydown);
+  promptEl.addEventListener("input", updateSendButton);
+  stopButton.addEventListener("click", onStopClick);
+  messagesEl.addEventListener("click", onMessagesClick);
+  noticeDismiss.addEventListener("click", hideNotice);
+  connect();
+}
+
+init();
