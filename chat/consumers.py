@@ -10,9 +10,29 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from chat.models import Conversation, Message
-from chat.streams import RUNNING, AnswerRun, control_group, viewers_group
+from chat.streams import RUNNING, USAGE_KEYS, AnswerRun, control_group, viewers_group
 
 logger = logging.getLogger(__name__)
+
+
+RECENT_ANSWERS = 10
+
+
+def answer_frame(message: Message) -> dict[str, Any]:
+    usage = getattr(message, "usage", None)
+    return {
+        "message_id": message.id,
+        "conversation_id": message.conversation_id,
+        "state": message.state,
+        "error": message.error or None,
+        "model": message.model,
+        "finish_reason": message.finish_reason,
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "usage": {key: getattr(usage, key) for key in USAGE_KEYS} if usage else None,
+        "content": message.content,
+        "reasoning": message.reasoning,
+    }
 
 
 class ClientError(Exception):
@@ -166,7 +186,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.known = {}
             await self.channel_layer.group_add(viewers_group(conversation_id), self.channel_name)
         if announce:
-            await self.send_json({"type": "watching", "conversation_id": conversation_id})
+            recent = await self._recent_answers(conversation_id)
+            await self.send_json(
+                {"type": "watching", "conversation_id": conversation_id, "recent": recent}
+            )
             # Answers streaming now, here or in another process, reply with chat.snapshot.
             await self.channel_layer.group_send(
                 control_group(conversation_id),
@@ -220,6 +243,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     ) -> tuple[Message, Message, list[dict[str, str]]]:
         user_message, answer = conversation.start_answer(text, model)
         return user_message, answer, conversation.history()
+
+    @database_sync_to_async
+    def _recent_answers(self, conversation_id: int) -> list[dict[str, Any]]:
+        """The last answers that ended, so a tab that was away sees how they ended."""
+        answers = (
+            Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
+            .exclude(state=Message.State.STREAMING)
+            .select_related("usage")
+            .order_by("-id")[:RECENT_ANSWERS]
+        )
+        return [answer_frame(answer) for answer in answers]
 
     @database_sync_to_async
     def _streaming_answer_conversation(self, message_id: int) -> int | None:

@@ -67,8 +67,9 @@ def log_in(page: Page, live: str, username: str, password: str) -> None:
     page.goto(live + "/accounts/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)
-    page.click("button[type=submit], input[type=submit]")
-    page.wait_for_url(re.compile(r"^(?!.*login).*$"))
+    with page.expect_navigation():
+        page.click("form.stacked-form button[type=submit]")
+    assert "/accounts/login/" not in page.url, page.content()[:2000]
 
 
 def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(

@@ -259,3 +259,18 @@ async def test_an_anonymous_socket_is_closed(upstream):
     comm.scope["user"] = AnonymousUser()
     connected, _ = await comm.connect()
     assert not connected
+
+
+async def test_a_returning_tab_learns_how_answers_ended(upstream, alice, socket_for):
+    socket = await socket_for(alice)
+    await socket.send(type="send", content="hello", conversation_id=None)
+    end, _ = await socket.until("message.end")
+    await socket.close()
+
+    returning = await socket_for(alice)
+    await returning.send(type="watch", conversation_id=end["conversation_id"])
+    watching, _ = await returning.until("watching")
+    [recent] = watching["recent"]
+    assert recent["message_id"] == end["message_id"]
+    assert recent["state"] == "complete" and recent["content"] == "Olá!"
+    assert recent["usage"]["total_tokens"] == 296

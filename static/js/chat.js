@@ -24,7 +24,6 @@ const STATE_LABELS = {
   stopped: "stopped",
   error: "error",
   interrupted: "interrupted",
-  stale: "ended while disconnected — reload to see the final answer",
 };
 const SAFE_LINK_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
 const SAFE_IMAGE_PROTOCOLS = new Set(["http:", "https:"]);
@@ -34,7 +33,6 @@ let socket = null;
 let retryDelay = RETRY_MIN_MS;
 let pingTimer = null;
 let pendingSend = null; // {content, conversationId} until message.start or error arrives
-let watchedStreamingIds = new Set(); // answers streaming when the last `watch` was sent
 const entries = new Map(); // message id -> {article, content, reasoning, ...}
 const dirtyIds = new Set();
 let frameRequested = false;
@@ -437,7 +435,6 @@ function sendFrame(frame) {
 
 function watchCurrentConversation() {
   if (currentConversationId === null) return;
-  watchedStreamingIds = new Set(streamingIds());
   sendFrame({ type: "watch", conversation_id: currentConversationId });
 }
 
@@ -535,24 +532,24 @@ function onMessageEnd(frame) {
 
 function onWatching(frame) {
   if (frame.conversation_id !== currentConversationId) return;
-  const live = new Set();
-  for (const snapshot of frame.streaming || []) {
-    live.add(snapshot.message_id);
-    const entry = entryFor(snapshot.message_id);
-    entry.state = "streaming";
-    entry.content = snapshot.content || "";
-    entry.reasoning = snapshot.reasoning || "";
-    renderNow(entry, snapshot.message_id);
+  // Answers that ended while this tab was not listening: show how they ended.
+  for (const answer of frame.recent || []) {
+    const entry = entryFor(answer.message_id, false);
+    if (!entry || entry.state !== "streaming") continue;
+    entry.content = answer.content || "";
+    entry.reasoning = answer.reasoning || "";
+    onMessageEnd({ ...answer, type: "message.end" });
   }
-  // Answers that were streaming when we asked but are not any more ended while we were not listening.
-  for (const id of watchedStreamingIds) {
-    const entry = entries.get(id);
-    if (!live.has(id) && entry && entry.state === "streaming") {
-      entry.state = "stale";
-      renderNow(entry, id);
-    }
-  }
-  watchedStreamingIds = new Set();
+  updateStopButton();
+}
+
+function onSnapshot(frame) {
+  if (frame.conversation_id !== currentConversationId) return;
+  const entry = entryFor(frame.message_id);
+  entry.state = "streaming";
+  entry.content = frame.content || "";
+  entry.reasoning = frame.reasoning || "";
+  renderNow(entry, frame.message_id);
   updateStopButton();
 }
 
@@ -570,6 +567,7 @@ function onError(frame) {
 const FRAME_HANDLERS = {
   conversation: onConversation,
   watching: onWatching,
+  snapshot: onSnapshot,
   "message.start": onMessageStart,
   delta: onDelta,
   "message.end": onMessageEnd,
