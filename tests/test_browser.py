@@ -129,3 +129,54 @@ def test_markdown_renders_the_same_live_and_after_reload(
     reloaded = page.locator("article.message[data-role=assistant]").last
     assert reloaded.locator(".content").inner_html() == live_html
     expect(reloaded.locator(".meta")).to_contain_text("grok-code-fast-1")
+
+
+HOSTILE_MARKDOWN = """Here is a table:
+
+| name | value |
+|------|------:|
+| a    | 1     |
+
+```python
+print("hi")
+```
+
+<script>window.__pwned = 1</script>
+<img src=x onerror="window.__pwned = 2">
+<svg onload="window.__pwned = 3"></svg>
+[click me](javascript:window.__pwned=4) and [data](data:text/html,<script>window.__pwned=5</script>)
+&lt;img src=x onerror="window.__pwned = 6"&gt;
+"""
+
+
+def test_markdown_tables_and_code_render_and_hostile_output_stays_inert(
+    page: Page, live: str, fake_upstream_server: FakeUpstream
+) -> None:
+    from tests.fake_upstream import chunk, sse
+
+    pieces = [HOSTILE_MARKDOWN[i : i + 7] for i in range(0, len(HOSTILE_MARKDOWN), 7)]
+    body = sse(*[chunk(p) for p in pieces], chunk(finish="stop"))
+    fake_upstream_server.queue(Reply(body=body, pieces="random", delay=0.001))
+    log_in(page, live, "alice", "alice-password-1")
+    page.wait_for_function("window.__chatReady === true")
+    page.fill("#prompt", "Show me a table")
+    page.keyboard.press("Enter")
+    assistant = page.locator("article.message[data-role=assistant]").last
+    expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+
+    def check() -> None:
+        content = page.locator("article.message[data-role=assistant] .content").last
+        expect(content.locator("table th")).to_have_count(2)
+        expect(content.locator("table td")).to_have_count(2)
+        expect(content.locator("pre code")).to_contain_text('print("hi")')
+        expect(content.locator(".code-block .copy-button")).to_have_count(1)
+        assert content.locator("script, svg, img[onerror], [onload]").count() == 0
+        for href in content.locator("a").evaluate_all("links => links.map(a => a.href)"):
+            assert not href.startswith(("javascript:", "data:")), href
+        # markdown-it refuses to make links of javascript: and data: URLs: plain text remains.
+        expect(content).to_contain_text("click me")
+        assert page.evaluate("window.__pwned") is None
+
+    check()
+    page.reload()
+    check()

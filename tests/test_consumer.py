@@ -274,3 +274,37 @@ async def test_a_returning_tab_learns_how_answers_ended(upstream, alice, socket_
     assert recent["message_id"] == end["message_id"]
     assert recent["state"] == "complete" and recent["content"] == "Olá!"
     assert recent["usage"]["total_tokens"] == 296
+
+
+@pytest.fixture
+def count_queries(monkeypatch):
+    """Counts SQL statements on every connection and thread (answers run in several)."""
+    from django.db.backends.utils import CursorWrapper
+
+    statements: list[str] = []
+    original = CursorWrapper.execute
+
+    def execute(self, sql, params=None):
+        statements.append(sql)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", execute)
+    return statements
+
+
+async def test_an_answer_costs_the_same_queries_whatever_its_length(
+    upstream, alice, socket_for, count_queries
+):
+    async def queries_for(chunks: int) -> int:
+        body = sse(*[chunk("word ") for _ in range(chunks)], chunk(finish="stop"))
+        upstream.queue(Reply(body=body, pieces="random"))
+        socket = await socket_for(alice)
+        count_queries.clear()
+        await socket.send(type="send", content="talk", conversation_id=None)
+        end, frames = await socket.until("message.end")
+        assert "".join(f["content"] for f in frames if f["type"] == "delta") == "word " * chunks
+        return len(count_queries)
+
+    short, long = await queries_for(5), await queries_for(1000)
+    assert short == long
+    assert 0 < short < 20
