@@ -593,6 +593,11 @@ class Upstream:
                 "The connection to the upstream broke before the answer was complete.",
                 retryable=not got_token,
             ) from None
+        except httpx.HTTPError as exc:  # pool timeouts, protocol errors, bad URLs
+            logger.warning("upstream request to %s failed: %r", url, exc)
+            raise UpstreamError(
+                f"The request to the upstream failed ({type(exc).__name__})."
+            ) from None
         finally:
             if events is not None:
                 await events.aclose()
@@ -635,11 +640,24 @@ class Upstream:
 
 
 def fetch_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]:
-    """The ids of the models the upstream offers (OpenAI's `/models`, key `data`)."""
+    """The ids of the models the upstream offers, with their aliases.
+
+    xAI's `/language-models` (key `models`, with aliases and prices) where the server has
+    it, else OpenAI's `/models` (key `data`), which every compatible server offers.
+    """
     headers = {"Authorization": f"Bearer {api_key}"}
-    with httpx.Client(timeout=timeout) as client:
-        response = client.get(base_url.rstrip("/") + "/models", headers=headers)
-        response.raise_for_status()
-        body = response.json()
-    items = body.get("data") or body.get("models") or []
-    return sorted({str(item["id"]) for item in items if isinstance(item, dict) and "id" in item})
+    base = base_url.rstrip("/")
+    with httpx.Client(timeout=timeout, headers=headers) as client:
+        response = client.get(base + "/language-models")
+        if response.status_code == 200:
+            items = response.json().get("models") or []
+        else:
+            response = client.get(base + "/models")
+            response.raise_for_status()
+            items = response.json().get("data") or []
+    ids: set[str] = set()
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            ids.add(item["id"])
+            ids.update(a for a in item.get("aliases") or () if isinstance(a, str))
+    return sorted(ids)

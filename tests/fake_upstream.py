@@ -132,6 +132,7 @@ class FakeUpstream:
         self.default: Reply = Reply(body=transcript("fantasy-xai-grok-4-fast-2.sse"))
         self.requests: list[Request] = []
         self.models: Any = DEFAULT_MODELS
+        self.language_models: Any = None  # xAI's richer list; None answers 404
         self.open_streams = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -159,6 +160,7 @@ class FakeUpstream:
         self.replies.clear()
         self.requests.clear()
         self.models = DEFAULT_MODELS
+        self.language_models = None
         self.default = Reply(body=transcript("fantasy-xai-grok-4-fast-2.sse"))
 
         def release() -> None:
@@ -201,7 +203,18 @@ class FakeUpstream:
                 if "content-length" in headers:
                     body = await reader.readexactly(int(headers["content-length"]))
                 self.requests.append(Request(method, path, headers, body))
-                if method == "GET" and path.endswith("/models"):
+                if method == "GET" and path.endswith("/language-models"):
+                    if self.language_models is None:
+                        reply = json_reply(
+                            404,
+                            {
+                                "code": "Some requested entity was not found",
+                                "error": "No handler found on route.",
+                            },
+                        )
+                    else:
+                        reply = json_reply(200, self.language_models)
+                elif method == "GET" and path.endswith("/models"):
                     reply = json_reply(200, self.models)
                 else:
                     reply = self.replies.popleft() if self.replies else self.default

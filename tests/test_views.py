@@ -201,3 +201,24 @@ def test_pages_send_a_strict_content_security_policy(client, alice, upstream):
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
+
+
+def test_the_model_picker_prefers_xais_language_models_with_aliases(
+    client, alice, upstream, settings
+):
+    upstream.language_models = {
+        "models": [
+            {
+                "id": "grok-4-0709",
+                "aliases": ["grok-4", "grok-4-latest"],
+                "prompt_text_token_price": 30000,
+                "completion_text_token_price": 150000,
+            },
+            {"id": "grok-3-mini", "aliases": []},
+        ]
+    }
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    for name in ["grok-4-0709", "grok-4-latest", "grok-3-mini"]:
+        assert f'value="{name}"' in html, name
+    assert [r.path for r in upstream.requests] == ["/v1/language-models"]
