@@ -180,3 +180,49 @@ def test_markdown_tables_and_code_render_and_hostile_output_stays_inert(
     check()
     page.reload()
     check()
+
+
+STYLES = {
+    "chat_completions": ("fantasy-xai-grok-4-fast-2.sse", "/v1/chat/completions", "Olá!"),
+    "responses": (None, "/v1/responses", "Olá!"),
+    "anthropic_messages": (
+        "fantasy-anthropic-claude-sonnet-4-1.sse",
+        "/v1/messages",
+        'Olá! (That\'s "hi" in Portuguese)',
+    ),
+}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_each_api_style_streams_into_the_browser(
+    style: str, browser: Browser, fake_upstream_server: FakeUpstream, tmp_path: Path
+) -> None:
+    from tests.test_upstream import responses_stream
+
+    name, path, expected = STYLES[style]
+    fake_upstream_server.reset()
+    body = transcript(name) if name else responses_stream()
+    fake_upstream_server.queue(Reply(body=body, pieces="random"))
+    env = app_env(tmp_path, fake_upstream_server.base_url, XAI_API_STYLE=style)
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User;"
+        "User.objects.create_user('alice', password='alice-password-1')",
+    )
+    with daphne(env, tmp_path / "daphne.log") as url:
+        page = browser.new_page()
+        try:
+            log_in(page, url, "alice", "alice-password-1")
+            page.wait_for_function("window.__chatReady === true")
+            page.fill("#prompt", "Say hi in Portuguese")
+            page.keyboard.press("Enter")
+            assistant = page.locator("article.message[data-role=assistant]").last
+            expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+            expect(assistant.locator(".content")).to_contain_text(expected)
+        finally:
+            page.close()
+    [request] = fake_upstream_server.stream_requests()
+    assert request.path == path
