@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -923,3 +924,45 @@ async def test_it_cuts_off_an_answer_at_the_overall_limit(
     assert time.monotonic() - started < 4
     assert "overall limit" in error.message
     assert answer.content.startswith("tick tick ")
+
+
+async def test_it_logs_each_error_status_without_the_key(
+    server: FakeUpstream, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    echoed = f"Incorrect API key provided: {API_KEY}. You can obtain an API key elsewhere."
+    caplog.set_level(logging.INFO, logger="chat.upstream")
+    for status, _body, _text, _retryable in [c.values for c in STATUS_CASES]:
+        server.queue(
+            json_reply(status, {"code": "Client specified an invalid argument", "error": echoed})
+        )
+        await failure(make(server, client))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == len(STATUS_CASES)
+    for line, case in zip(lines, STATUS_CASES, strict=True):
+        assert f"answered {case.values[0]}" in line
+        assert "Incorrect API key provided: [redacted]" in line
+    assert API_KEY not in caplog.text
+
+
+async def test_it_reads_chunks_in_the_message_shape_of_xais_overview_page(
+    server: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    def overview_chunk(content: str, finish: str) -> dict[str, Any]:
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "grok-beta",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                }
+            ],
+        }
+
+    body = sse(overview_chunk("Hel", ""), overview_chunk("lo", "stop"))
+    server.queue(Reply(body=body, pieces="random"))
+    answer, _ = await consume(make(server, client))
+    assert answer.content == "Hello"
+    assert answer.finish_reason == "stop"
