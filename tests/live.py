@@ -93,3 +93,13 @@ def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def prepare_database(env: dict[str, str], *, staff: bool = False) -> None:
+    """Migrate a fresh database and create alice (and a staff user)."""
+    manage(env, "migrate", "--noinput")
+    script = "from django.contrib.auth.models import User;"
+    script += "User.objects.create_user('alice', password='alice-password-1');"
+    if staff:
+        script += "User.objects.create_superuser('staff', password='staff-password-1')"
+    manage(env, "shell", "-c", script)

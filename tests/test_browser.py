@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.fake_upstream import FakeUpstream, Reply, slow_stream, transcript
-from tests.live import app_env, daphne, manage
+from tests.live import app_env, daphne, prepare_database
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -30,15 +31,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("live")
     env = app_env(tmp, fake_upstream_server.base_url)
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User;"
-        "User.objects.create_user('alice', password='alice-password-1');"
-        "User.objects.create_superuser('staff', password='staff-password-1')",
-    )
+    prepare_database(env, staff=True)
     with daphne(env, tmp / "daphne.log") as url:
         yield url
 
@@ -63,6 +56,19 @@ def page(browser: Browser, fake_upstream_server: FakeUpstream) -> Iterator[Page]
     assert errors == [], errors
 
 
+def wait_until(page: Page, expression: str, timeout: float = 10) -> None:
+    """Poll a page expression from here: page.wait_for_function evaluates strings with
+    eval inside the page, which our Content-Security-Policy (rightly) forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
+def wait_ready(page: Page) -> None:
+    wait_until(page, "window.__chatReady === true")
+
+
 def log_in(page: Page, live: str, username: str, password: str) -> None:
     page.goto(live + "/accounts/login/")
     page.fill("#id_username", username)
@@ -77,7 +83,7 @@ def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
 ) -> None:
     fake_upstream_server.queue(slow_stream(count=40, delay=0.05, text="grow "))
     log_in(page, live, "alice", "alice-password-1")
-    page.wait_for_function("window.__chatReady === true")
+    wait_ready(page)
 
     page.fill("#prompt", "Please count for me")
     page.keyboard.press("Enter")
@@ -85,10 +91,10 @@ def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
     expect(answer).to_contain_text("grow")
     first_length = len(answer.inner_text())
     expect(page.locator("#stop-button")).to_be_visible()
-    page.wait_for_function(
-        "len => document.querySelector('article.message[data-role=assistant]:last-of-type .content')"
-        ".innerText.length > len",
-        arg=first_length,
+    wait_until(
+        page,
+        "document.querySelector('article.message[data-role=assistant]:last-of-type .content')"
+        f".innerText.length > {first_length}",
     )
     assistant = page.locator("article.message[data-role=assistant]").last
     expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
@@ -117,7 +123,7 @@ def test_markdown_renders_the_same_live_and_after_reload(
     body = transcript("fantasy-xai-grok-code-fast-1.sse")
     fake_upstream_server.queue(Reply(body=body, pieces="random", delay=0.001))
     log_in(page, live, "alice", "alice-password-1")
-    page.wait_for_function("window.__chatReady === true")
+    wait_ready(page)
     page.fill("#prompt", "Say hi in Portuguese")
     page.click("#send-button")
     assistant = page.locator("article.message[data-role=assistant]").last
@@ -158,7 +164,7 @@ def test_markdown_tables_and_code_render_and_hostile_output_stays_inert(
     body = sse(*[chunk(p) for p in pieces], chunk(finish="stop"))
     fake_upstream_server.queue(Reply(body=body, pieces="random", delay=0.001))
     log_in(page, live, "alice", "alice-password-1")
-    page.wait_for_function("window.__chatReady === true")
+    wait_ready(page)
     page.fill("#prompt", "Show me a table")
     page.keyboard.press("Enter")
     assistant = page.locator("article.message[data-role=assistant]").last
@@ -204,19 +210,12 @@ def test_each_api_style_streams_into_the_browser(
     body = transcript(name) if name else responses_stream()
     fake_upstream_server.queue(Reply(body=body, pieces="random"))
     env = app_env(tmp_path, fake_upstream_server.base_url, XAI_API_STYLE=style)
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User;"
-        "User.objects.create_user('alice', password='alice-password-1')",
-    )
+    prepare_database(env)
     with daphne(env, tmp_path / "daphne.log") as url:
         page = browser.new_page()
         try:
             log_in(page, url, "alice", "alice-password-1")
-            page.wait_for_function("window.__chatReady === true")
+            wait_ready(page)
             page.fill("#prompt", "Say hi in Portuguese")
             page.keyboard.press("Enter")
             assistant = page.locator("article.message[data-role=assistant]").last

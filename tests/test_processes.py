@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from tests.fake_upstream import FakeUpstream, slow_stream
-from tests.live import app_env, daphne, manage
+from tests.live import app_env, daphne, prepare_database
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -35,14 +35,7 @@ pytestmark = pytest.mark.skipif(
 def two_processes(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[list[str]]:
     tmp = tmp_path_factory.mktemp("procs")
     env = app_env(tmp, fake_upstream_server.base_url, REDIS_URL="redis://127.0.0.1:6379/15")
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User;"
-        "User.objects.create_user('alice', password='alice-password-1')",
-    )
+    prepare_database(env)
     with daphne(env, tmp / "a.log") as a, daphne(env, tmp / "b.log") as b:
         yield [a, b]
 
