@@ -308,3 +308,16 @@ async def test_an_answer_costs_the_same_queries_whatever_its_length(
     short, long = await queries_for(5), await queries_for(1000)
     assert short == long
     assert 0 < short < 20
+
+
+async def test_it_stores_usage_and_cost_exactly_as_xai_reported_them(upstream, alice, socket_for):
+    socket = await socket_for(alice)
+    await socket.send(type="send", content="Say hi in Portuguese", conversation_id=None)
+    end, _ = await socket.until("message.end")
+    [usage] = await _usage_rows(end["message_id"])
+    # fantasy-xai-grok-4-fast-2.sse: xAI counts reasoning apart from completion.
+    assert (usage.prompt_tokens, usage.cached_prompt_tokens) == (165, 164)
+    assert (usage.completion_tokens, usage.reasoning_tokens, usage.total_tokens) == (2, 129, 296)
+    assert usage.cost_in_usd_ticks == 739000 and usage.reported
+    assert usage.model == "grok-4-fast-reasoning" and usage.finish_reason == "stop"
+    assert usage.raw_usage["num_sources_used"] == 0
