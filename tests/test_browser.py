@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.fake_upstream import FakeUpstream, Reply, slow_stream, transcript
 from tests.live import app_env, daphne, prepare_database
@@ -67,6 +67,17 @@ def wait_until(page: Page, expression: str, timeout: float = 10) -> None:
 
 def wait_ready(page: Page) -> None:
     wait_until(page, "window.__chatReady === true")
+
+
+def ask_and_wait(page: Page, live: str, prompt: str) -> Locator:
+    """Log alice in, send `prompt` with Enter, and return the answer once complete."""
+    log_in(page, live, "alice", "alice-password-1")
+    wait_ready(page)
+    page.fill("#prompt", prompt)
+    page.keyboard.press("Enter")
+    assistant = page.locator("article.message[data-role=assistant]").last
+    expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+    return assistant
 
 
 def log_in(page: Page, live: str, username: str, password: str) -> None:
@@ -163,12 +174,7 @@ def test_markdown_tables_and_code_render_and_hostile_output_stays_inert(
     pieces = [HOSTILE_MARKDOWN[i : i + 7] for i in range(0, len(HOSTILE_MARKDOWN), 7)]
     body = sse(*[chunk(p) for p in pieces], chunk(finish="stop"))
     fake_upstream_server.queue(Reply(body=body, pieces="random", delay=0.001))
-    log_in(page, live, "alice", "alice-password-1")
-    wait_ready(page)
-    page.fill("#prompt", "Show me a table")
-    page.keyboard.press("Enter")
-    assistant = page.locator("article.message[data-role=assistant]").last
-    expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+    ask_and_wait(page, live, "Show me a table")
 
     def check() -> None:
         content = page.locator("article.message[data-role=assistant] .content").last
@@ -214,12 +220,7 @@ def test_each_api_style_streams_into_the_browser(
     with daphne(env, tmp_path / "daphne.log") as url:
         page = browser.new_page()
         try:
-            log_in(page, url, "alice", "alice-password-1")
-            wait_ready(page)
-            page.fill("#prompt", "Say hi in Portuguese")
-            page.keyboard.press("Enter")
-            assistant = page.locator("article.message[data-role=assistant]").last
-            expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
+            assistant = ask_and_wait(page, url, "Say hi in Portuguese")
             expect(assistant.locator(".content")).to_contain_text(expected)
         finally:
             page.close()
