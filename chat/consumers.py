@@ -10,7 +10,14 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from chat.models import Conversation, Message
-from chat.streams import RUNNING, USAGE_KEYS, AnswerRun, control_group, viewers_group
+from chat.streams import (
+    RUNNING,
+    USAGE_KEYS,
+    AnswerRun,
+    control_group,
+    end_frame,
+    viewers_group,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -19,17 +26,11 @@ RECENT_ANSWERS = 10
 
 
 def answer_frame(message: Message) -> dict[str, Any]:
+    """How an answer ended, with its text: for a tab that was away when it did."""
     usage = getattr(message, "usage", None)
+    usage_fields = {key: getattr(usage, key) for key in USAGE_KEYS} if usage else None
     return {
-        "message_id": message.id,
-        "conversation_id": message.conversation_id,
-        "state": message.state,
-        "error": message.error or None,
-        "model": message.model,
-        "finish_reason": message.finish_reason,
-        "ttft_ms": message.ttft_ms,
-        "duration_ms": message.duration_ms,
-        "usage": {key: getattr(usage, key) for key in USAGE_KEYS} if usage else None,
+        **end_frame(message, usage_fields),
         "content": message.content,
         "reasoning": message.reasoning,
     }

@@ -241,18 +241,7 @@ class AnswerRun:
             ttft_ms=ttft_ms,
             duration_ms=duration_ms,
         )
-        frame = {
-            "type": "message.end",
-            "message_id": self.message_id,
-            "conversation_id": self.conversation_id,
-            "state": state,
-            "error": error or None,
-            "model": message.model,
-            "finish_reason": message.finish_reason,
-            "ttft_ms": ttft_ms,
-            "duration_ms": duration_ms,
-            "usage": {k: usage_fields[k] for k in USAGE_KEYS},
-        }
+        frame = end_frame(message, usage_fields)
         if self._send is not None:
             try:
                 await self._send(frame)
@@ -262,6 +251,22 @@ class AnswerRun:
             viewers_group(self.conversation_id),
             {"type": "chat.end", "frame": frame, "origin": self.origin},
         )
+
+
+def end_frame(message: Message, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The `message.end` frame of a finished answer (docs/protocol.md)."""
+    return {
+        "type": "message.end",
+        "message_id": message.id,
+        "conversation_id": message.conversation_id,
+        "state": message.state,
+        "error": message.error or None,
+        "model": message.model,
+        "finish_reason": message.finish_reason,
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "usage": {key: usage[key] for key in USAGE_KEYS} if usage else None,
+    }
 
 
 USAGE_KEYS = (

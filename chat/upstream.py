@@ -530,13 +530,10 @@ class Upstream:
             limit = self.timeouts.idle if got_token else self.timeouts.first_token
             return min(deadline, loop.time() + limit)
 
-        # Deadlines are loop times, hence timeout_at (asyncio.timeout() takes a delay: given
-        # a loop time, the first-token limit never fired). Each wait on the upstream gets
-        # its own deadline; none is armed while this generator is parked at `yield`.
-        # (One asyncio.timeout() around the whole loop
-        # counted the consumer's own time as upstream silence, cancelled the consumer's task
-        # wherever it was when it fired, and, holding that task, put an abandoned stream in
-        # a reference cycle, so its pool connection stayed taken until a full GC.)
+        # Each wait on the upstream gets its own deadline (a loop time) and none is armed
+        # while this generator is parked at `yield`: a timeout around the whole loop would
+        # count the consumer's time as upstream silence and, holding the consumer's task,
+        # keep an abandoned stream (and its pool connection) alive until a full GC.
         response: httpx.Response | None = None
         events: AsyncGenerator[ServerSentEvent, None] | None = None
         until = min(deadline, started + self.timeouts.first_token)
@@ -606,16 +603,14 @@ class Upstream:
 
     async def _check_response(self, response: httpx.Response) -> None:
         if response.status_code != 200:
-            raw = (await response.aread()).decode("utf-8", "replace")
-            error = describe_status(response.status_code, self.redact(raw))
-            error.message = self.redact(error.message)
-            error.args = (error.message,)
+            raw = self.redact((await response.aread()).decode("utf-8", "replace"))
+            error = describe_status(response.status_code, raw)
             error.retry_after = parse_retry_after(response.headers.get("retry-after"))
             logger.warning(
                 "upstream %s answered %d: %s",
                 response.request.url.path,
                 response.status_code,
-                self.redact(raw)[:500],
+                raw[:500],
             )
             raise error
         content_type = response.headers.get("content-type", "")
