@@ -8,11 +8,14 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
 
-from chat.models import Conversation, Message
+from chat.billing import Price
+from chat.limits import refusal_for
+from chat.models import Conversation, Message, ModelPrice
 from chat.streams import (
     RUNNING,
-    USAGE_KEYS,
     AnswerRun,
     control_group,
     end_frame,
@@ -27,10 +30,8 @@ RECENT_ANSWERS = 10
 
 def answer_frame(message: Message) -> dict[str, Any]:
     """How an answer ended, with its text: for a tab that was away when it did."""
-    usage = getattr(message, "usage", None)
-    usage_fields = {key: getattr(usage, key) for key in USAGE_KEYS} if usage else None
     return {
-        **end_frame(message, usage_fields),
+        **end_frame(message, getattr(message, "usage", None)),
         "content": message.content,
         "reasoning": message.reasoning,
     }
@@ -130,9 +131,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "No xAI API key is configured. Set XAI_API_KEY and restart the app.",
             )
 
-        conversation, created = await self._get_or_create_conversation(conversation_id, text)
-        model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
-        user_message, answer, history = await self._start_answer(conversation, text, model)
+        conversation, created, user_message, answer, history, price = await self._start_answer(
+            conversation_id, text, model
+        )
+        model = answer.model
         if created:
             await self.send_json(
                 {
@@ -169,6 +171,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             history=history,
             send=self.send_json,
             origin=self.channel_name,
+            price=price,
         ).start()
 
     async def watch(self, conversation_id: int, announce: bool = True) -> None:
@@ -226,24 +229,37 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return found
 
     @database_sync_to_async
-    def _get_or_create_conversation(
-        self, conversation_id: int | None, text: str
-    ) -> tuple[Conversation, bool]:
-        if conversation_id is None:
-            title = Conversation.title_from(text)
-            return Conversation.objects.create(user=self.user, title=title), True
-        conversation = Conversation.objects.for_user(self.user).filter(id=conversation_id).first()
-        if conversation is None:
-            logger.warning("user %s wrote to conversation %s", self.user.id, conversation_id)
-            raise ClientError("not_found", "No such conversation.", conversation_id=conversation_id)
-        return conversation, False
-
-    @database_sync_to_async
     def _start_answer(
-        self, conversation: Conversation, text: str, model: str
-    ) -> tuple[Message, Message, list[dict[str, str]]]:
-        user_message, answer = conversation.start_answer(text, model)
-        return user_message, answer, conversation.history()
+        self, conversation_id: int | None, text: str, model: str | None
+    ) -> tuple[Conversation, bool, Message, Message, list[dict[str, str]], Price | None]:
+        """Check the user's limits and save the message and an empty answer, or nothing."""
+        with transaction.atomic():
+            # Serialise one user's sends so that two at once can't both pass the limits.
+            get_user_model().objects.select_for_update().filter(pk=self.user.pk).exists()
+            refusal = refusal_for(self.user)
+            if refusal is not None:
+                logger.info("user %s refused: %s", self.user.id, refusal.code)
+                extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
+                raise ClientError(refusal.code, refusal.message, **extra)
+            if conversation_id is None:
+                title = Conversation.title_from(text)
+                conversation = Conversation.objects.create(user=self.user, title=title)
+            else:
+                conversation = (
+                    Conversation.objects.for_user(self.user).filter(id=conversation_id).first()
+                )
+                if conversation is None:
+                    logger.warning(
+                        "user %s wrote to conversation %s", self.user.id, conversation_id
+                    )
+                    raise ClientError(
+                        "not_found", "No such conversation.", conversation_id=conversation_id
+                    )
+            model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
+            user_message, answer = conversation.start_answer(text, model)
+            price = ModelPrice.price_for(model)
+        created = conversation_id is None
+        return conversation, created, user_message, answer, conversation.history(), price
 
     @database_sync_to_async
     def _recent_answers(self, conversation_id: int) -> list[dict[str, Any]]:

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Count, Q, Sum
+from django.db import IntegrityError, models, transaction
+from django.db.models import Count, F, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
+
+from chat import billing
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -95,7 +100,7 @@ class Message(models.Model):
         for name, value in fields.items():
             setattr(self, name, value)
         self.save(update_fields=list(fields))
-        return Usage.objects.create(
+        row = Usage(
             user_id=user_id,
             conversation_id=self.conversation_id,
             message=self,
@@ -106,6 +111,96 @@ class Message(models.Model):
             duration_ms=self.duration_ms,
             **usage,
         )
+        row.price_and_cost()
+        row.save()
+        UsageDay.add(row)
+        self.usage = row
+        return row
+
+
+class ModelPrice(models.Model):
+    """What a model costs per million tokens, as xAI lists it or as an admin set it."""
+
+    class Source(models.TextChoices):
+        XAI = "xai", "xAI's /v1/language-models"
+        ADMIN = "admin", "set by an admin"
+
+    model = models.CharField(max_length=100, unique=True, help_text="a model id or alias")
+    prompt = models.DecimalField(
+        max_digits=12, decimal_places=4, help_text="USD per 1M prompt tokens"
+    )
+    cached_prompt = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="USD per 1M cached prompt tokens (blank: the prompt price)",
+    )
+    completion = models.DecimalField(
+        max_digits=12, decimal_places=4, help_text="USD per 1M completion tokens"
+    )
+    reasoning = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="USD per 1M reasoning tokens (blank: the completion price, as xAI bills)",
+    )
+    source = models.CharField(
+        max_length=10,
+        choices=Source.choices,
+        default=Source.ADMIN,
+        help_text="prices set by an admin are never overwritten by xAI's list",
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return self.model
+
+    def as_price(self) -> billing.Price:
+        return billing.Price.from_usd_per_million(
+            self.prompt, self.cached_prompt, self.completion, self.reasoning
+        )
+
+    @classmethod
+    def price_for(cls, *models: str) -> billing.Price | None:
+        """The price in force now for the first of `models` that has one."""
+        names = [name for name in models if name]
+        rows = {row.model: row for row in cls.objects.filter(model__in=names)}
+        for name in names:
+            if name in rows:
+                return rows[name].as_price()
+        return None
+
+    @classmethod
+    def update_from_xai(cls, prices: dict[str, billing.Price]) -> int:
+        """Store xAI's list prices, leaving the prices admins set alone."""
+        per_million = billing.TICKS_PER_TOKEN_PER_USD_PER_MILLION
+        admin_set = set(
+            cls.objects.filter(source=cls.Source.ADMIN, model__in=prices).values_list(
+                "model", flat=True
+            )
+        )
+        changed = 0
+        for model, price in prices.items():
+            if model in admin_set:
+                continue
+            cls.objects.update_or_create(
+                model=model,
+                defaults={
+                    "prompt": Decimal(price.prompt) / per_million,
+                    "cached_prompt": Decimal(price.cached_prompt) / per_million,
+                    "completion": Decimal(price.completion) / per_million,
+                    "reasoning": None,
+                    "source": cls.Source.XAI,
+                    "updated_at": timezone.now(),
+                },
+            )
+            changed += 1
+        return changed
 
 
 class UsageQuerySet(models.QuerySet):
@@ -126,7 +221,23 @@ class UsageQuerySet(models.QuerySet):
 
 
 class Usage(models.Model):
-    """One row per upstream request, whatever its end."""
+    """One row per upstream request, whatever its end: the ledger.
+
+    Tokens are the upstream's last usage report when the stream carried one, else an
+    estimate (see docs/usage.md), else zero when the upstream refused the request before
+    it began. The cost is the one the upstream reported (xAI's cost_in_usd_ticks) or,
+    failing that, the tokens at the price in force at request time, stored on the row.
+    """
+
+    class Source(models.TextChoices):
+        REPORTED = "reported", "reported by the upstream"
+        ESTIMATED = "estimated", "estimated: the stream ended before any usage report"
+        NONE = "none", "none: the upstream refused the request"
+
+    class CostSource(models.TextChoices):
+        REPORTED = "reported", "reported by the upstream"
+        COMPUTED = "computed", "tokens at the stored price"
+        UNPRICED = "unpriced", "no price known for this model"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="usage")
     conversation = models.ForeignKey(Conversation, models.SET_NULL, null=True, blank=True)
@@ -141,14 +252,26 @@ class Usage(models.Model):
     system_fingerprint = models.CharField(max_length=100, blank=True)
     finish_reason = models.CharField(max_length=50, blank=True)
     outcome = models.CharField(max_length=20, choices=Message.State.choices)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.ESTIMATED)
     prompt_tokens = models.PositiveIntegerField(default=0)
     cached_prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
-    cost_in_usd_ticks = models.BigIntegerField(null=True, blank=True)
-    reported = models.BooleanField(
-        default=False, help_text="True when the upstream reported this usage"
+    # Prices in ticks per token (10^10 ticks = 1 USD), as in force at request time.
+    price_prompt = models.BigIntegerField(null=True, blank=True)
+    price_cached_prompt = models.BigIntegerField(null=True, blank=True)
+    price_completion = models.BigIntegerField(null=True, blank=True)
+    price_reasoning = models.BigIntegerField(null=True, blank=True)
+    reported_cost_ticks = models.BigIntegerField(
+        null=True, blank=True, help_text="xAI's cost_in_usd_ticks, as reported"
+    )
+    computed_cost_ticks = models.BigIntegerField(null=True, blank=True)
+    cost_in_usd_ticks = models.BigIntegerField(
+        null=True, blank=True, help_text="the cost: reported where the upstream reported it"
+    )
+    cost_source = models.CharField(
+        max_length=10, choices=CostSource.choices, default=CostSource.UNPRICED
     )
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -166,7 +289,309 @@ class Usage(models.Model):
     def __str__(self) -> str:
         return f"{self.user_id} {self.model} {self.total_tokens}"
 
+    @property
+    def reported(self) -> bool:
+        return self.source == self.Source.REPORTED
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        if self.cost_in_usd_ticks is None:
+            return None
+        return billing.ticks_to_usd(self.cost_in_usd_ticks)
+
+    def price(self) -> billing.Price | None:
+        if None in (self.price_prompt, self.price_cached_prompt, self.price_completion):
+            return None
+        return billing.Price(
+            self.price_prompt, self.price_cached_prompt, self.price_completion, self.price_reasoning
+        )
+
+    def price_and_cost(self) -> None:
+        """Fill in the price (unless already fixed at request time) and the cost."""
+        price = self.price()
+        if price is None:
+            price = ModelPrice.price_for(self.requested_model, self.model)
+            if price is not None:
+                for name, value in price.as_fields().items():
+                    setattr(self, name, value)
+        if price is not None:
+            self.computed_cost_ticks = billing.cost_ticks(
+                price,
+                prompt_tokens=self.prompt_tokens,
+                cached_prompt_tokens=self.cached_prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                reasoning_tokens=self.reasoning_tokens,
+            )
+        if self.reported_cost_ticks is not None:
+            self.cost_in_usd_ticks = self.reported_cost_ticks
+            self.cost_source = self.CostSource.REPORTED
+        elif self.computed_cost_ticks is not None:
+            self.cost_in_usd_ticks = self.computed_cost_ticks
+            self.cost_source = self.CostSource.COMPUTED
+        else:
+            self.cost_in_usd_ticks = None
+            self.cost_source = self.CostSource.UNPRICED
+
+
+USAGE_SUMS = (
+    "requests",
+    "errors",
+    "estimated",
+    "unpriced",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_in_usd_ticks",
+)
+
+
+class UsageDayQuerySet(models.QuerySet):
+    def between(self, start: dt.date, end: dt.date) -> UsageDayQuerySet:
+        return self.filter(day__gte=start, day__lte=end)
+
+    def sums(self) -> dict[str, int]:
+        """Every counter summed (zeros, never None, where there are no rows)."""
+        totals = self.aggregate(**{key: Sum(key) for key in USAGE_SUMS})
+        return {key: totals[key] or 0 for key in USAGE_SUMS}
+
+    def grouped(self, *fields: str):
+        return self.values(*fields).annotate(**{key: Sum(key) for key in USAGE_SUMS})
+
+
+class UsageDay(models.Model):
+    """Usage summed per local day, user and model, kept in step with the ledger.
+
+    Each Usage row adds itself here in the transaction that writes it, so reports and
+    budget checks read a few rows per user and day instead of the whole ledger.
+    `python manage.py rebuild_usage_days` recomputes this table from the ledger.
+    """
+
+    day = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    model = models.CharField(max_length=100)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    estimated = models.PositiveIntegerField(default=0, help_text="requests with estimated usage")
+    unpriced = models.PositiveIntegerField(default=0, help_text="requests with no known cost")
+    prompt_tokens = models.BigIntegerField(default=0)
+    cached_prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_in_usd_ticks = models.BigIntegerField(default=0)
+
+    objects = UsageDayQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "user", "model"], name="usage_day_unique")
+        ]
+        indexes = [models.Index(fields=["user", "day"])]
+
+    @staticmethod
+    def counters(row: Usage) -> dict[str, int]:
+        return {
+            "requests": 1,
+            "errors": int(row.outcome == Message.State.ERROR),
+            "estimated": int(row.source == Usage.Source.ESTIMATED),
+            "unpriced": int(row.cost_in_usd_ticks is None),
+            "prompt_tokens": row.prompt_tokens,
+            "cached_prompt_tokens": row.cached_prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "reasoning_tokens": row.reasoning_tokens,
+            "total_tokens": row.total_tokens,
+            "cost_in_usd_ticks": row.cost_in_usd_ticks or 0,
+        }
+
+    @classmethod
+    def add(cls, row: Usage) -> None:
+        key = {
+            "day": timezone.localdate(row.created_at),
+            "user_id": row.user_id,
+            "model": row.model or row.requested_model,
+        }
+        counters = cls.counters(row)
+        increments = {name: F(name) + value for name, value in counters.items()}
+        if cls.objects.filter(**key).update(**increments):
+            return
+        try:
+            with transaction.atomic():
+                cls.objects.create(**key, **counters)
+        except IntegrityError:  # another process created the day meanwhile
+            cls.objects.filter(**key).update(**increments)
+
+    @classmethod
+    @transaction.atomic
+    def rebuild(cls) -> int:
+        """Recompute every day from the ledger, in the database."""
+        cls.objects.all().delete()
+        day = TruncDate("created_at", tzinfo=timezone.get_current_timezone())
+        groups = (
+            Usage.objects.annotate(day=day)
+            .values("day", "user_id", "model", "requested_model")
+            .annotate(
+                requests=Count("id"),
+                errors=Count("id", filter=Q(outcome=Message.State.ERROR)),
+                estimated=Count("id", filter=Q(source=Usage.Source.ESTIMATED)),
+                unpriced=Count("id", filter=Q(cost_in_usd_ticks__isnull=True)),
+                prompt_sum=Sum("prompt_tokens"),
+                cached_sum=Sum("cached_prompt_tokens"),
+                completion_sum=Sum("completion_tokens"),
+                reasoning_sum=Sum("reasoning_tokens"),
+                total_sum=Sum("total_tokens"),
+                cost_sum=Sum("cost_in_usd_ticks"),
+            )
+            .order_by()
+        )
+        days: dict[tuple[Any, int, str], UsageDay] = {}
+        for g in groups.iterator():
+            key = (g["day"], g["user_id"], g["model"] or g["requested_model"])
+            item = days.setdefault(key, cls(day=key[0], user_id=key[1], model=key[2]))
+            item.requests += g["requests"]
+            item.errors += g["errors"]
+            item.estimated += g["estimated"]
+            item.unpriced += g["unpriced"]
+            item.prompt_tokens += g["prompt_sum"] or 0
+            item.cached_prompt_tokens += g["cached_sum"] or 0
+            item.completion_tokens += g["completion_sum"] or 0
+            item.reasoning_tokens += g["reasoning_sum"] or 0
+            item.total_tokens += g["total_sum"] or 0
+            item.cost_in_usd_ticks += g["cost_sum"] or 0
+        cls.objects.bulk_create(days.values(), batch_size=1000)
+        return len(days)
+
+
+class BudgetQuerySet(models.QuerySet):
+    def for_user(self, user) -> Budget | None:
+        """The user's own budget, else the default one, else None (no limits)."""
+        budgets = {b.user_id: b for b in self.filter(Q(user=user) | Q(user__isnull=True))}
+        return budgets.get(user.pk) or budgets.get(None)
+
+
+class Budget(models.Model):
+    """Limits on what a user may spend and how fast: the default, or one user's override.
+
+    A user's own row replaces the default row as a whole; a blank limit means no limit.
+    """
+
+    class Period(models.TextChoices):
+        DAY = "day", "per day"
+        MONTH = "month", "per month"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="budget",
+        help_text="blank: the default budget for every user without their own",
+    )
+    period = models.CharField(max_length=10, choices=Period.choices, default=Period.MONTH)
+    max_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="total tokens per period (blank: no limit)"
+    )
+    max_cost_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="USD per period (blank: no limit)",
+    )
+    max_messages_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="blank: no limit"
+    )
+    max_concurrent_streams = models.PositiveIntegerField(
+        null=True, blank=True, help_text="answers streaming at once (blank: no limit)"
+    )
+
+    objects = BudgetQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # One row per user, and one default (user NULL) at most.
+            models.UniqueConstraint(Coalesce("user", Value(0)), name="one_budget_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"Budget of {self.user}" if self.user_id else "Default budget"
+
+    @property
+    def max_cost_ticks(self) -> int | None:
+        return None if self.max_cost_usd is None else billing.usd_to_ticks(self.max_cost_usd)
+
+    def status(self, spent: dict[str, int]) -> BudgetStatus:
+        return BudgetStatus(self, spent.get("total_tokens", 0), spent.get("cost_in_usd_ticks", 0))
+
+
+class BudgetStatus:
+    """How much of a budget is spent this period."""
+
+    WARN_AT = Decimal("0.8")
+
+    def __init__(self, budget: Budget, tokens: int, cost_ticks: int) -> None:
+        self.budget = budget
+        self.tokens = tokens
+        self.cost_ticks = cost_ticks
+        now = timezone.localtime()
+        self.starts = billing.period_start(budget.period, now)
+        self.resets = billing.next_period_start(budget.period, now)
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return billing.ticks_to_usd(self.cost_ticks)
+
+    @property
+    def tokens_left(self) -> int | None:
+        if self.budget.max_tokens is None:
+            return None
+        return max(0, self.budget.max_tokens - self.tokens)
+
+    @property
+    def cost_left_usd(self) -> Decimal | None:
+        limit = self.budget.max_cost_ticks
+        return None if limit is None else billing.ticks_to_usd(max(0, limit - self.cost_ticks))
+
+    @property
+    def fraction(self) -> Decimal | None:
+        """The larger of the spent fractions of the limits set (None if neither is)."""
+        parts = []
+        if self.budget.max_tokens is not None:
+            parts.append(Decimal(self.tokens) / max(self.budget.max_tokens, 1))
+        limit = self.budget.max_cost_ticks
+        if limit is not None:
+            parts.append(Decimal(self.cost_ticks) / max(limit, 1))
+        return max(parts) if parts else None
+
+    @property
+    def percent(self) -> int | None:
+        fraction = self.fraction
+        return None if fraction is None else int(fraction * 100)
+
+    @property
+    def over(self) -> bool:
+        fraction = self.fraction
+        return fraction is not None and fraction >= 1
+
+    @property
+    def near(self) -> bool:
+        fraction = self.fraction
+        return fraction is not None and self.WARN_AT <= fraction < 1
+
+
+def spent_since(user_id: int, since: dt.date) -> dict[str, int]:
+    return UsageDay.objects.filter(user_id=user_id, day__gte=since).sums()
+
+
+def budget_status(user, budget: Budget | None = None) -> BudgetStatus | None:
+    budget = budget or Budget.objects.for_user(user)
+    if budget is None:
+        return None
+    start = billing.period_start(budget.period, timezone.localtime())
+    return budget.status(spent_since(user.pk, start.date()))
+
 
 def estimate_tokens(text: str) -> int:
-    """A rough token count (4 characters a token) for requests the upstream never billed."""
+    """A rough token count, 4 characters a token, for streams that ended unreported."""
     return (len(text) + 3) // 4

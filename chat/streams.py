@@ -19,7 +19,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat.models import Message, estimate_tokens
+from chat.billing import Price
+from chat.models import Message, Usage, estimate_tokens
 from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -65,12 +66,14 @@ class AnswerRun:
         history: list[dict[str, str]],
         send: Send | None,
         origin: str | None,
+        price: Price | None = None,
     ) -> None:
         self.user_id = user_id
         self.conversation_id = conversation_id
         self.message_id = message_id
         self.model = model
         self.history = history
+        self.price = price  # in force when the request was made
         self._send = send
         self.origin = origin
         self.answer = Answer()
@@ -201,34 +204,15 @@ class AnswerRun:
         answer = self.answer
         ttft_ms = round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
         duration_ms = round((time.monotonic() - started) * 1000)
-        usage = answer.usage
-        if usage is not None:
-            usage_fields: dict[str, Any] = {
-                **usage.as_dict(),
-                "cost_in_usd_ticks": usage.cost_in_usd_ticks,
-                "reported": True,
-                "raw_usage": usage.raw,
-            }
-        else:
-            # The stream ended before the upstream reported usage: estimate it.
-            prompt = sum(estimate_tokens(m["content"]) for m in self.history)
-            completion = estimate_tokens(answer.content)
-            reasoning = estimate_tokens(answer.reasoning)
-            usage_fields = {
-                "prompt_tokens": prompt,
-                "cached_prompt_tokens": 0,
-                "completion_tokens": completion,
-                "reasoning_tokens": reasoning,
-                "total_tokens": prompt + completion + reasoning,
-                "reported": False,
-            }
+        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
+        usage_fields = usage_for(answer, self.history)
+        usage_fields.update(self.price.as_fields() if self.price else {})
         usage_fields.update(
             api_style=settings.XAI_API_STYLE,
             requested_model=self.model,
             response_id=answer.response_id[:200],
             system_fingerprint=answer.system_fingerprint[:100],
         )
-        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
         await database_sync_to_async(message.finish)(
             user_id=self.user_id,
             usage=usage_fields,
@@ -241,7 +225,7 @@ class AnswerRun:
             ttft_ms=ttft_ms,
             duration_ms=duration_ms,
         )
-        frame = end_frame(message, usage_fields)
+        frame = end_frame(message, message.usage)
         if self._send is not None:
             try:
                 await self._send(frame)
@@ -253,7 +237,34 @@ class AnswerRun:
         )
 
 
-def end_frame(message: Message, usage: dict[str, Any] | None) -> dict[str, Any]:
+def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
+    """The ledger fields for what the upstream reported, or an estimate (docs/usage.md)."""
+    usage = answer.usage
+    if usage is not None:
+        return {
+            **usage.as_dict(),
+            "source": Usage.Source.REPORTED,
+            "reported_cost_ticks": usage.cost_in_usd_ticks,
+            "raw_usage": usage.raw,
+        }
+    if not answer.accepted:
+        # Refused (an error status) or never reached: the upstream generated nothing.
+        return {key: 0 for key in USAGE_KEYS} | {"source": Usage.Source.NONE}
+    # The stream ended before its usage report: the prompt as sent and the partial answer.
+    prompt = sum(estimate_tokens(m["content"]) for m in history)
+    completion = estimate_tokens(answer.content)
+    reasoning = estimate_tokens(answer.reasoning)
+    return {
+        "prompt_tokens": prompt,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": completion,
+        "reasoning_tokens": reasoning,
+        "total_tokens": prompt + completion + reasoning,
+        "source": Usage.Source.ESTIMATED,
+    }
+
+
+def end_frame(message: Message, usage: Usage | None) -> dict[str, Any]:
     """The `message.end` frame of a finished answer (docs/protocol.md)."""
     return {
         "type": "message.end",
@@ -265,7 +276,17 @@ def end_frame(message: Message, usage: dict[str, Any] | None) -> dict[str, Any]:
         "finish_reason": message.finish_reason,
         "ttft_ms": message.ttft_ms,
         "duration_ms": message.duration_ms,
-        "usage": {key: usage[key] for key in USAGE_KEYS} if usage else None,
+        "usage": usage_frame(usage) if usage else None,
+    }
+
+
+def usage_frame(usage: Usage) -> dict[str, Any]:
+    cost = usage.cost_usd
+    return {
+        **{key: getattr(usage, key) for key in USAGE_KEYS},
+        "source": usage.source,
+        "cost_usd": None if cost is None else str(cost.normalize()),
+        "cost_source": usage.cost_source,
     }
 
 

@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
+from chat.billing import Price, price_from_language_model
+
 logger = logging.getLogger(__name__)
 
 API_STYLES = ("chat_completions", "responses", "anthropic_messages")
-TICKS_PER_USD = 10**10
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Answer:
     usage: Usage | None = None
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     first_token_at: float | None = None
+    accepted: bool = False  # an attempt got a streaming 200: the upstream began to answer
 
     @property
     def content(self) -> str:
@@ -542,6 +544,7 @@ class Upstream:
                 request = self.client.build_request("POST", url, json=body, headers=self.headers())
                 response = await self.client.send(request, stream=True)
                 await self._check_response(response)
+            answer.accepted = True
             events = EventSource(response).aiter_sse()
             while True:
                 async with asyncio.timeout_at(until):
@@ -634,8 +637,16 @@ class Upstream:
             )
 
 
-def fetch_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]:
-    """The ids of the models the upstream offers, with their aliases.
+@dataclass
+class Catalog:
+    """What the upstream offers: model ids with their aliases, and xAI's list prices."""
+
+    models: list[str]
+    prices: dict[str, Price]
+
+
+def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
+    """The models the upstream offers, with their aliases and, from xAI, their prices.
 
     xAI's `/language-models` (key `models`, with aliases and prices) where the server has
     it, else OpenAI's `/models` (key `data`), which every compatible server offers.
@@ -651,8 +662,18 @@ def fetch_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]
             response.raise_for_status()
             items = response.json().get("data") or []
     ids: set[str] = set()
+    prices: dict[str, Price] = {}
     for item in items:
-        if isinstance(item, dict) and isinstance(item.get("id"), str):
-            ids.add(item["id"])
-            ids.update(a for a in item.get("aliases") or () if isinstance(a, str))
-    return sorted(ids)
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        names = [item["id"], *(a for a in item.get("aliases") or () if isinstance(a, str))]
+        ids.update(names)
+        price = price_from_language_model(item)
+        if price is not None:
+            prices.update(dict.fromkeys(names, price))
+    return Catalog(sorted(ids), prices)
+
+
+def fetch_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]:
+    """The ids of the models the upstream offers, with their aliases."""
+    return fetch_catalog(base_url, api_key, timeout).models

@@ -1,0 +1,129 @@
+"""Token and money arithmetic: plain functions, no Django, no I/O.
+
+Money is counted in xAI's unit, the tick: 10^10 ticks make one US dollar. A price of
+$0.20 per million tokens is 2,000 ticks per token, so every price with four decimals in
+USD per million tokens is a whole number of ticks per token and every cost is an integer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+TICKS_PER_USD = 10**10
+# USD per million tokens -> ticks per token.
+TICKS_PER_TOKEN_PER_USD_PER_MILLION = TICKS_PER_USD // 10**6
+
+
+@dataclass(frozen=True)
+class Price:
+    """Ticks per token for each kind of token; None where the kind is billed as another."""
+
+    prompt: int
+    cached_prompt: int
+    completion: int
+    reasoning: int | None = None  # None: reasoning is billed as completion (xAI's rule)
+
+    @classmethod
+    def from_usd_per_million(
+        cls,
+        prompt: Decimal,
+        cached_prompt: Decimal | None,
+        completion: Decimal,
+        reasoning: Decimal | None = None,
+    ) -> Price:
+        return cls(
+            prompt=usd_per_million_to_ticks(prompt),
+            cached_prompt=usd_per_million_to_ticks(
+                prompt if cached_prompt is None else cached_prompt
+            ),
+            completion=usd_per_million_to_ticks(completion),
+            reasoning=None if reasoning is None else usd_per_million_to_ticks(reasoning),
+        )
+
+    def as_fields(self) -> dict[str, int | None]:
+        return {
+            "price_prompt": self.prompt,
+            "price_cached_prompt": self.cached_prompt,
+            "price_completion": self.completion,
+            "price_reasoning": self.reasoning,
+        }
+
+
+def usd_per_million_to_ticks(value: Decimal) -> int:
+    ticks = Decimal(value) * TICKS_PER_TOKEN_PER_USD_PER_MILLION
+    if ticks != ticks.to_integral_value():
+        raise ValueError(f"{value} USD per million tokens is not a whole number of ticks")
+    return int(ticks)
+
+
+def ticks_to_usd(ticks: int) -> Decimal:
+    return Decimal(ticks) / TICKS_PER_USD
+
+
+def usd_to_ticks(usd: Decimal) -> int:
+    return int(Decimal(usd) * TICKS_PER_USD)
+
+
+def cost_ticks(
+    price: Price,
+    *,
+    prompt_tokens: int,
+    cached_prompt_tokens: int,
+    completion_tokens: int,
+    reasoning_tokens: int,
+) -> int:
+    """What a request costs at `price`.
+
+    Cached tokens are part of prompt_tokens (as xAI and OpenAI count them) and are billed
+    at the cached price instead. Reasoning tokens are counted apart from completion tokens,
+    as xAI reports them, and billed at the reasoning price, or the completion price.
+    """
+    cached = min(cached_prompt_tokens, prompt_tokens)
+    reasoning_price = price.completion if price.reasoning is None else price.reasoning
+    return (
+        (prompt_tokens - cached) * price.prompt
+        + cached * price.cached_prompt
+        + completion_tokens * price.completion
+        + reasoning_tokens * reasoning_price
+    )
+
+
+def price_from_language_model(item: dict[str, Any]) -> Price | None:
+    """The price in one item of xAI's `GET /v1/language-models`.
+
+    xAI lists integer prices where 30000 means $3.00 per million tokens, which is exactly
+    ticks per token. Items without text prices give None.
+    """
+    prompt = item.get("prompt_text_token_price")
+    completion = item.get("completion_text_token_price")
+    if not _whole(prompt) or not _whole(completion):
+        return None
+    cached = item.get("cached_prompt_text_token_price")
+    return Price(
+        prompt=prompt,
+        cached_prompt=cached if _whole(cached) else prompt,
+        completion=completion,
+    )
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def period_start(period: str, now: dt.datetime) -> dt.datetime:
+    """The start of the budget period ('day' or 'month') that `now` (aware, local) is in."""
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        start = start.replace(day=1)
+    return start
+
+
+def next_period_start(period: str, now: dt.datetime) -> dt.datetime:
+    start = period_start(period, now)
+    if period == "month":
+        year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+        return start.replace(year=year, month=month)
+    return start + dt.timedelta(days=1)

@@ -1,0 +1,68 @@
+"""Per-user limits checked before any upstream request: budget, message rate, streams."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import formats, timezone
+
+from chat.models import Budget, Message, budget_status
+
+
+@dataclass
+class Refusal:
+    code: str
+    message: str
+    retry_after: int | None = None
+
+
+def refusal_for(user, now: dt.datetime | None = None) -> Refusal | None:
+    """Why `user` may not send a message now, or None. Call it inside the send's transaction."""
+    budget = Budget.objects.for_user(user)
+    if budget is None:
+        return None
+    now = now or timezone.now()
+    mine = Message.objects.filter(conversation__user=user)
+
+    if budget.max_messages_per_minute is not None:
+        window = mine.filter(role=Message.Role.USER, created_at__gt=now - dt.timedelta(minutes=1))
+        times = list(window.order_by("-created_at").values_list("created_at", flat=True))
+        if len(times) >= budget.max_messages_per_minute:
+            # Free again when the oldest message that counts leaves the window.
+            oldest = times[budget.max_messages_per_minute - 1]
+            wait = max(1, int((oldest + dt.timedelta(minutes=1) - now).total_seconds()) + 1)
+            return Refusal(
+                "rate_limited",
+                f"You can send {budget.max_messages_per_minute} messages a minute. "
+                f"Try again in {wait} s.",
+                retry_after=wait,
+            )
+
+    if budget.max_concurrent_streams is not None:
+        # Rows older than the longest possible answer are leftovers of a crash, not streams.
+        horizon = now - dt.timedelta(seconds=settings.UPSTREAM_TOTAL_TIMEOUT + 60)
+        streaming = mine.filter(state=Message.State.STREAMING, created_at__gt=horizon).count()
+        if streaming >= budget.max_concurrent_streams:
+            return Refusal(
+                "too_many_streams",
+                f"You already have {streaming} answer{'s' if streaming != 1 else ''} streaming; "
+                f"the limit is {budget.max_concurrent_streams}. Wait for one to finish or stop it.",
+            )
+
+    status = budget_status(user, budget)
+    if status is not None and status.over:
+        period = "today" if budget.period == Budget.Period.DAY else "this month"
+        used = []
+        if budget.max_tokens is not None:
+            used.append(f"{status.tokens:,} of {budget.max_tokens:,} tokens")
+        if budget.max_cost_usd is not None:
+            used.append(f"${status.cost_usd:.2f} of ${budget.max_cost_usd:.2f}")
+        resets = formats.date_format(timezone.localtime(status.resets), "DATETIME_FORMAT")
+        return Refusal(
+            "over_budget",
+            f"You have used your budget for {period} ({', '.join(used)}). "
+            f"It renews on {resets}; an admin can raise it.",
+        )
+    return None
