@@ -9,15 +9,14 @@ from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.core.cache import cache
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from chat.catalog import models_offered
 from chat.models import Conversation, Message, Usage
-from chat.upstream import fetch_models
 
 logger = logging.getLogger(__name__)
 SIDEBAR_LIMIT = 200
@@ -25,24 +24,6 @@ SIDEBAR_LIMIT = 200
 
 def _get_conversation_for_user(request: HttpRequest, conversation_id: int) -> Conversation:
     return get_object_or_404(Conversation.objects.for_user(request.user), id=conversation_id)
-
-
-def _models() -> list[str]:
-    """The upstream's model ids, cached; the configured default is always offered."""
-    models = cache.get("upstream-models")
-    if models is None:
-        models = []
-        if settings.XAI_API_KEY:
-            try:
-                models = fetch_models(settings.XAI_BASE_URL, settings.XAI_API_KEY)
-            except Exception as exc:
-                logger.warning("could not list the upstream's models: %s", type(exc).__name__)
-        # Cache a failure briefly so a down upstream doesn't slow every page.
-        timeout = settings.UPSTREAM_MODELS_CACHE_SECONDS if models else 30
-        cache.set("upstream-models", models, timeout)
-    if settings.CHAT_DEFAULT_MODEL not in models:
-        models = [settings.CHAT_DEFAULT_MODEL, *models]
-    return models
 
 
 def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
@@ -54,7 +35,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
         "conversation": conversation,
         "messages": messages,
-        "models": _models(),
+        "models": models_offered(),
         "default_model": settings.CHAT_DEFAULT_MODEL,
         "api_key_configured": bool(settings.XAI_API_KEY),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
