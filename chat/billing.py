@@ -63,6 +63,13 @@ def ticks_to_usd(ticks: int) -> Decimal:
     return Decimal(ticks) / TICKS_PER_USD
 
 
+def format_usd(amount: Decimal) -> str:
+    """Dollars with cents, and more digits only where a small amount needs them."""
+    text = f"{amount.normalize():f}"
+    whole, _, fraction = text.partition(".")
+    return f"${whole}.{fraction.ljust(2, '0')}"
+
+
 def usd_to_ticks(usd: Decimal) -> int:
     return int(Decimal(usd) * TICKS_PER_USD)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import formats, timezone
 
+from chat.billing import format_usd
 from chat.models import Budget, Message, budget_status
 
 
@@ -58,7 +59,7 @@ def refusal_for(user, now: dt.datetime | None = None) -> Refusal | None:
         if budget.max_tokens is not None:
             used.append(f"{status.tokens:,} of {budget.max_tokens:,} tokens")
         if budget.max_cost_usd is not None:
-            used.append(f"${status.cost_usd:.2f} of ${budget.max_cost_usd:.2f}")
+            used.append(f"{format_usd(status.cost_usd)} of {format_usd(budget.max_cost_usd)}")
         resets = formats.date_format(timezone.localtime(status.resets), "DATETIME_FORMAT")
         return Refusal(
             "over_budget",

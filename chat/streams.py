@@ -55,6 +55,21 @@ def upstream_from_settings() -> Upstream:
     )
 
 
+async def interrupt_all(timeout: float = 10.0) -> int:
+    """End every answer of this process as "interrupted", saving each with its usage row.
+
+    For shutdown: the partial answers and what they cost are written before the loop
+    stops. Returns how many answers were running.
+    """
+    runs = list(RUNNING.values())
+    for run in runs:
+        run.stop(Message.State.INTERRUPTED)
+    tasks = [run.task for run in runs if run.task is not None]
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+    return len(runs)
+
+
 class AnswerRun:
     def __init__(
         self,
