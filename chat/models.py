@@ -299,6 +299,12 @@ class Usage(models.Model):
             return None
         return billing.ticks_to_usd(self.cost_in_usd_ticks)
 
+    @property
+    def cost_usd_text(self) -> str:
+        """The cost in plain decimal notation ("" when unknown), for frames and attributes."""
+        cost = self.cost_usd
+        return "" if cost is None else f"{cost.normalize():f}"
+
     def price(self) -> billing.Price | None:
         if None in (self.price_prompt, self.price_cached_prompt, self.price_completion):
             return None

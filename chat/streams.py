@@ -296,11 +296,10 @@ def end_frame(message: Message, usage: Usage | None) -> dict[str, Any]:
 
 
 def usage_frame(usage: Usage) -> dict[str, Any]:
-    cost = usage.cost_usd
     return {
         **{key: getattr(usage, key) for key in USAGE_KEYS},
         "source": usage.source,
-        "cost_usd": None if cost is None else str(cost.normalize()),
+        "cost_usd": usage.cost_usd_text or None,
         "cost_source": usage.cost_source,
     }
 

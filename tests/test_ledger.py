@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 from decimal import Decimal
 
@@ -399,3 +400,34 @@ def test_budget_status_warns_from_80_percent(alice):
     assert (status.percent, status.near, status.over, status.tokens_left) == (80, True, False, 200)
     UsageDay.objects.filter(user=alice).update(total_tokens=1000)
     assert budget_status(alice).over
+
+
+def test_the_commands_fetch_prices_and_rebuild_the_days(upstream, alice):
+    from django.core.management import call_command
+
+    upstream.language_models = {
+        "models": [
+            {
+                "id": "grok-3-mini",
+                "prompt_text_token_price": 3000,
+                "cached_prompt_text_token_price": 750,
+                "completion_text_token_price": 5000,
+            }
+        ]
+    }
+    out = io.StringIO()
+    call_command("sync_prices", stdout=out)
+    assert "1 model prices stored" in out.getvalue()
+    assert ModelPrice.objects.get(model="grok-3-mini").cached_prompt == Decimal("0.075")
+
+    conversation = Conversation.objects.create(user=alice)
+    _, answer = conversation.start_answer("hi", "grok-3-mini")
+    answer.finish(
+        user_id=alice.id,
+        usage={"prompt_tokens": 10, "total_tokens": 10, "source": "reported"},
+        state="complete",
+    )
+    UsageDay.objects.update(total_tokens=0)  # drifted
+    call_command("rebuild_usage_days", stdout=out)
+    day = UsageDay.objects.get()
+    assert (day.total_tokens, day.requests, day.cost_in_usd_ticks) == (10, 1, 30000)

@@ -149,7 +149,15 @@ function usageFromDataset(data) {
     completion_tokens: toNumber(data.completionTokens),
     reasoning_tokens: toNumber(data.reasoningTokens),
     total_tokens: toNumber(data.totalTokens),
+    source: data.usageSource || null,
+    cost_usd: data.costUsd || null,
   };
+}
+
+// Dollars with cents, and the digits a fraction of a cent needs.
+function formatUsd(value) {
+  const [whole, fraction = ""] = String(value).split(".");
+  return `$${whole}.${fraction.replace(/0+$/, "").padEnd(2, "0")}`;
 }
 
 function formatMeta(entry) {
@@ -162,6 +170,8 @@ function formatMeta(entry) {
     parts.push(`${usage.completion_tokens ?? 0} out`);
     if (usage.reasoning_tokens) parts.push(`${usage.reasoning_tokens} reasoning`);
     parts.push(`${usage.total_tokens ?? 0} total`);
+    if (usage.source === "estimated") parts.push("estimated: the answer ended before the provider reported usage");
+    if (usage.cost_usd) parts.push(formatUsd(usage.cost_usd));
   }
   if (entry.ttftMs !== null && entry.ttftMs !== undefined) parts.push(`first token ${entry.ttftMs} ms`);
   return parts.join(" · ");
