@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from chat.catalog import models_offered
+from chat.login_throttle import ThrottledAuthenticationForm
 from chat.models import Conversation, Message, Usage
 
 logger = logging.getLogger(__name__)
@@ -74,10 +76,19 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 
 class LoginView(auth_views.LoginView):
+    # Failed logins are throttled (chat.login_throttle); the form says when it is locked.
+    form_class = ThrottledAuthenticationForm
+
     def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not get_user_model().objects.exists():
             return redirect("setup")
         return super().dispatch(request, *args, **kwargs)
+
+    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.has_error(NON_FIELD_ERRORS, "locked"):
+            response.status_code = 429
+        return response
 
 
 def setup(request: HttpRequest) -> HttpResponse:

@@ -74,7 +74,34 @@ if "*" in ALLOWED_HOSTS and not DEBUG:
         "DJANGO_ALLOWED_HOSTS contains '*': with DEBUG off this would let every site open "
         "websockets to the chat. List the host names instead."
     )
-CSRF_TRUSTED_ORIGINS = [o for o in os.getenv("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# -- HTTPS ---------------------------------------------------------------------------
+# Served over https, by Daphne itself or (the usual case) a TLS-terminating proxy? Yes by
+# default in production; no with DEBUG on or when every allowed host is loopback, as in
+# `make run` and the tests, which serve plain http on 127.0.0.1.
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+HTTPS = envbool("DJANGO_HTTPS", str(not DEBUG and not set(ALLOWED_HOSTS) <= LOOPBACK_HOSTS))
+SESSION_COOKIE_SECURE = envbool("DJANGO_SESSION_COOKIE_SECURE", str(HTTPS))
+CSRF_COOKIE_SECURE = envbool("DJANGO_CSRF_COOKIE_SECURE", str(HTTPS))
+# Opt in when a proxy in front sets X-Forwarded-Proto (and strips it from clients).
+BEHIND_TLS_PROXY = envbool("DJANGO_SECURE_PROXY_SSL_HEADER", "false")
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Redirect only where https requests can be told apart: behind a proxy that does not say
+# so, every request looks like http and the redirect would loop.
+SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", str(HTTPS and BEHIND_TLS_PROXY))
+SECURE_HSTS_SECONDS = envint("DJANGO_SECURE_HSTS_SECONDS", 31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", str(HTTPS))
+SECURE_HSTS_PRELOAD = envbool("DJANGO_SECURE_HSTS_PRELOAD", str(HTTPS))
+# Forms posted from https://<allowed host> pass the CSRF origin check even when a proxy
+# does not tell Django the request came over https.
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.getenv("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+] or [
+    f"https://*{h}" if h.startswith(".") else f"https://{h}"
+    for h in ALLOWED_HOSTS
+    if HTTPS and h not in LOOPBACK_HOSTS
+]
 
 INSTALLED_APPS = [
     "daphne",
@@ -91,6 +118,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before whitenoise, so static files carry the policy too.
+    "chat.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -98,7 +127,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "chat.middleware.ContentSecurityPolicyMiddleware",
+    "chat.middleware.RefusalLogMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -149,12 +178,34 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The cache holds the model list and the login throttle's counters. Without Redis it is
+# in memory and per process: with several processes each counts failed logins apart.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "grokchat",
+        }
+    }
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# The first backend refuses logins while a username or address is locked out, counts
+# failures and resets on success; the plain one keeps sessions made by the setup page valid.
+AUTHENTICATION_BACKENDS = [
+    "chat.login_throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# This many failed logins within LOGIN_LOCKOUT_SECONDS, for one username or one client
+# address, lock it for LOGIN_LOCKOUT_SECONDS. 0 failures turns the throttle off.
+LOGIN_MAX_FAILURES = envint("LOGIN_MAX_FAILURES", 5)
+LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", 900)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "index"

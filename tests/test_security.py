@@ -1,0 +1,314 @@
+"""Security: production settings, headers, ownership of every view, login throttling."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.test import Client
+
+from chat.models import Conversation, Message
+from tests.live import ROOT
+
+pytestmark = pytest.mark.django_db
+
+# -- settings, in a fresh process as the app starts -------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the app's own variables, plus `extra`."""
+    prefixes = ("DJANGO_", "XAI_", "UPSTREAM_", "LOGIN_", "CHAT_")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(prefixes) and k not in ("REDIS_URL", "DATABASE_URL")
+    }
+    env.update(extra)
+    return env
+
+
+def production_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    settings = {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "true",
+        "SQLITE_PATH": str(tmp_path / "db.sqlite3"),
+    }
+    return clean_env(**{**settings, **extra})
+
+
+def run_manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_wildcard_allowed_host_stops_the_app_at_start_when_debug_is_off(tmp_path: Path):
+    result = run_manage(
+        production_env(tmp_path, DJANGO_ALLOWED_HOSTS="chat.example.com,*"), "check"
+    )
+    assert result.returncode != 0
+    assert "DJANGO_ALLOWED_HOSTS contains '*'" in result.stderr
+    # The same settings with named hosts start.
+    assert run_manage(production_env(tmp_path), "check").returncode == 0
+
+
+def test_the_deploy_check_passes_with_production_settings(tmp_path: Path):
+    result = run_manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # And it does fail on a weakened setting, so the pass above means something.
+    weak = production_env(tmp_path, DJANGO_SESSION_COOKIE_SECURE="false")
+    result = run_manage(weak, "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode != 0 and "security.W012" in result.stderr
+
+
+def show_settings(env: dict[str, str]) -> str:
+    result = run_manage(env, "shell", "-c", SHOW_SETTINGS)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+SHOW_SETTINGS = (
+    "from django.conf import settings as s;"
+    "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT,"
+    " s.SECURE_HSTS_SECONDS, getattr(s, 'SECURE_PROXY_SSL_HEADER', None), s.CSRF_TRUSTED_ORIGINS)"
+)
+
+
+def test_production_defaults_are_secure_and_work_behind_a_tls_proxy(tmp_path: Path):
+    # A proxy that says X-Forwarded-Proto: everything on.
+    out = show_settings(production_env(tmp_path))
+    assert out == (
+        "True True True 31536000 ('HTTP_X_FORWARDED_PROTO', 'https') ['https://chat.example.com']"
+    )
+    # A proxy that does not: no redirect (it would loop), but cookies stay secure and
+    # forms posted from https://chat.example.com pass the CSRF origin check.
+    env = production_env(tmp_path)
+    del env["DJANGO_SECURE_PROXY_SSL_HEADER"]
+    out = show_settings(env)
+    assert out == "True True False 31536000 None ['https://chat.example.com']"
+
+
+def test_local_defaults_keep_plain_http_on_loopback_working(tmp_path: Path):
+    # What `make run` and the live tests use: DEBUG off, hosts 127.0.0.1 and localhost.
+    env = clean_env(SQLITE_PATH=str(tmp_path / "db.sqlite3"), DJANGO_SECRET_KEY="k" * 60)
+    out = show_settings(env)
+    assert out == "False False False 0 None []"
+
+
+def test_daphne_is_at_least_4_2_2():
+    from packaging.version import Version
+
+    assert Version(version("daphne")) >= Version("4.2.2")
+
+
+# -- ownership of every view ------------------------------------------------------------
+
+
+def _conversation(user: User, title: str = "Chat") -> Conversation:
+    conversation = Conversation.objects.create(user=user, title=title)
+    Message.objects.create(conversation=conversation, role="user", content="hello")
+    Message.objects.create(conversation=conversation, role="assistant", content="hi")
+    return conversation
+
+
+def test_another_users_conversation_is_404_on_every_view_and_is_logged(
+    client: Client, alice: User, bob: User, caplog: pytest.LogCaptureFixture
+):
+    cache.clear()
+    theirs = _conversation(bob, "bob's plans")
+    missing = Conversation.objects.order_by("-id").first().id + 1000
+    client.force_login(alice)
+    caplog.set_level(logging.WARNING, logger="chat.middleware")
+
+    def responses(conversation_id: int) -> list[tuple[int, bytes]]:
+        results = []
+        for method, url, data in [
+            ("get", f"/c/{conversation_id}/", None),
+            ("post", f"/c/{conversation_id}/rename/", {"title": "mine now"}),
+            ("get", f"/c/{conversation_id}/delete/", None),
+            ("post", f"/c/{conversation_id}/delete/", None),
+        ]:
+            response = getattr(client, method)(url, data)
+            results.append((response.status_code, response.content))
+        return results
+
+    foreign = responses(theirs.id)
+    assert [status for status, _ in foreign] == [404, 404, 404, 404]
+    # Someone else's id looks exactly like an id that does not exist.
+    assert foreign == responses(missing)
+    theirs.refresh_from_db()
+    assert theirs.title == "bob's plans" and theirs.messages.count() == 2
+    refusals = [r.getMessage() for r in caplog.records if r.name == "chat.middleware"]
+    assert f"user {alice.pk} was refused GET '/c/{theirs.id}/' (404)" in refusals
+    assert f"user {alice.pk} was refused POST '/c/{theirs.id}/rename/' (404)" in refusals
+    assert f"user {alice.pk} was refused POST '/c/{theirs.id}/delete/' (404)" in refusals
+    # Bob still sees his conversation.
+    client.force_login(bob)
+    assert client.get(f"/c/{theirs.id}/").status_code == 200
+
+
+ADMIN_URLS = [
+    "/admin/",
+    "/admin/usage/",
+    "/admin/auth/user/",
+    "/admin/chat/conversation/",
+    "/admin/chat/message/",
+    "/admin/chat/usage/",
+]
+
+
+def test_admin_pages_and_the_usage_report_require_staff(
+    client: Client, alice: User, bob: User, staff: User
+):
+    theirs = _conversation(bob)
+    urls = [*ADMIN_URLS, f"/admin/chat/conversation/{theirs.id}/change/"]
+    for who in (None, alice):
+        client.logout()
+        if who is not None:
+            client.force_login(who)
+        for url in urls:
+            response = client.get(url)
+            assert response.status_code == 302, (who, url)
+            assert response["Location"].startswith("/admin/login/"), (who, url)
+    # Not staff: the admin's own login refuses alice too.
+    client.logout()
+    response = client.post(
+        "/admin/login/?next=/admin/", {"username": "alice", "password": "alice-password-1"}
+    )
+    assert response.status_code == 200 and client.get("/admin/").status_code == 302
+    client.force_login(staff)
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+
+
+def test_pages_need_a_login(client: Client, alice: User):
+    theirs = _conversation(alice)
+    for url in ["/", f"/c/{theirs.id}/", f"/c/{theirs.id}/delete/"]:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    for url in [f"/c/{theirs.id}/rename/", f"/c/{theirs.id}/delete/"]:
+        response = client.post(url, {"title": "x"})
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert Conversation.objects.filter(id=theirs.id, title="Chat").exists()
+
+
+# -- login throttling -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fast_users(settings, django_user_model) -> dict[str, User]:
+    """alice, bob and a staff user, with a quick password hash so many failures stay fast."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cache.clear()
+    users = {
+        "alice": django_user_model.objects.create_user("alice", password="alice-password-1"),
+        "bob": django_user_model.objects.create_user("bob", password="bob-password-1"),
+        "root": django_user_model.objects.create_superuser("root", password="root-password-1"),
+    }
+    yield users
+    cache.clear()
+
+
+def log_in(client: Client, username: str, password: str, address: str = "10.0.0.1", url=None):
+    return client.post(
+        url or "/accounts/login/",
+        {"username": username, "password": password},
+        REMOTE_ADDR=address,
+    )
+
+
+def logged_in(client: Client) -> bool:
+    return client.get("/").status_code == 200
+
+
+def test_five_failures_lock_the_username_even_with_the_right_password(
+    client: Client, fast_users: dict[str, User], caplog: pytest.LogCaptureFixture
+):
+    for attempt in range(4):
+        response = log_in(client, "alice", f"wrong-{attempt}", address=f"10.0.0.{attempt + 1}")
+        assert response.status_code == 200
+        assert b"Please enter a correct username and password" in response.content
+    # The fifth failure locks, and says so at once.
+    response = log_in(client, "alice", "wrong-5", address="10.0.0.5")
+    assert response.status_code == 429
+    assert b"Too many failed attempts. Try again in 15 minutes." in response.content
+    assert any("login locked" in r.getMessage() for r in caplog.records)
+
+    response = log_in(client, "alice", "alice-password-1", address="10.0.0.6")
+    assert response.status_code == 429
+    assert b"Too many failed attempts. Try again in 15 minutes." in response.content
+    assert not logged_in(client)
+    # Case variants of the name are the same account as far as the lock goes.
+    assert log_in(client, "ALICE", "alice-password-1", address="10.0.0.7").status_code == 429
+    # Other people are not locked out.
+    response = log_in(client, "bob", "bob-password-1", address="10.0.0.6")
+    assert response.status_code == 302 and logged_in(client)
+
+
+def test_five_failures_from_one_address_lock_that_address(
+    client: Client, fast_users: dict[str, User]
+):
+    for name in ["admin", "root", "test", "guest", "user"]:
+        log_in(client, name, "password", address="192.0.2.9")
+    response = log_in(client, "bob", "bob-password-1", address="192.0.2.9")
+    assert response.status_code == 429 and b"Too many failed attempts" in response.content
+    assert not logged_in(client)
+    response = log_in(client, "bob", "bob-password-1", address="192.0.2.10")
+    assert response.status_code == 302 and logged_in(client)
+
+
+def test_a_successful_login_resets_the_count(client: Client, fast_users: dict[str, User]):
+    for _ in range(4):
+        log_in(client, "alice", "wrong")
+    assert log_in(client, "alice", "alice-password-1").status_code == 302
+    client.logout()
+    for _ in range(4):
+        assert log_in(client, "alice", "wrong").status_code == 200
+    assert log_in(client, "alice", "alice-password-1").status_code == 302
+    assert logged_in(client)
+
+
+def test_login_works_again_once_the_lockout_is_over(
+    client: Client, fast_users: dict[str, User], settings
+):
+    settings.LOGIN_LOCKOUT_SECONDS = 1
+    for _ in range(5):
+        log_in(client, "alice", "wrong")
+    response = log_in(client, "alice", "alice-password-1")
+    assert response.status_code == 429
+    assert b"Try again in 1 minute." in response.content
+    time.sleep(1.1)
+    assert log_in(client, "alice", "alice-password-1").status_code == 302
+    assert logged_in(client)
+
+
+def test_the_admin_login_is_throttled_too(client: Client, fast_users: dict[str, User]):
+    for _ in range(5):
+        log_in(client, "root", "wrong", url="/admin/login/?next=/admin/")
+    response = log_in(client, "root", "root-password-1", url="/admin/login/?next=/admin/")
+    assert response.status_code == 200  # the admin's form, refused
+    assert client.get("/admin/").status_code == 302
+    assert log_in(client, "root", "root-password-1").status_code == 429
+
+
+def test_the_throttle_can_be_turned_off(client: Client, fast_users: dict[str, User], settings):
+    settings.LOGIN_MAX_FAILURES = 0
+    for _ in range(8):
+        assert log_in(client, "alice", "wrong").status_code == 200
+    assert log_in(client, "alice", "alice-password-1").status_code == 302
