@@ -54,7 +54,9 @@ def _port_open(host: str, port: int) -> bool:
 def _psql(sql: str) -> None:
     import psycopg
 
-    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as c:
+    with psycopg.connect(
+        PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True
+    ) as c:
         c.execute(sql)
 
 
@@ -82,7 +84,9 @@ def _run_worker(label: str, env: dict[str, str], rows: int, repeat: int) -> dict
 
 def _print(results: list[dict], rows: int) -> None:
     print()
-    print(f"Usage report over {rows:,} ledger rows ({USERS} users, {len(MODELS)} models, {DAYS} days)")
+    print(
+        f"Usage report over {rows:,} ledger rows ({USERS} users, {len(MODELS)} models, {DAYS} days)"
+    )
     header = f"{'database':<11} {'fill s':>7} {'rebuild s':>9}  {'page':<34} {'p50 ms':>7} {'p99 ms':>7} {'queries':>7}"
     print(header)
     print("-" * len(header))
@@ -164,7 +168,11 @@ def _worker(rows: int, repeat: int) -> None:
                 samples.append((time.perf_counter() - started) * 1000)
             queries = len(captured)
         if response.status_code != 200:
-            timings[name] = {"p50_ms": 0.0, "p99_ms": 0.0, "queries": f"HTTP {response.status_code}"}
+            timings[name] = {
+                "p50_ms": 0.0,
+                "p99_ms": 0.0,
+                "queries": f"HTTP {response.status_code}",
+            }
             continue
         timings[name] = {**_stats(samples), "queries": queries}
 

@@ -31,7 +31,9 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
 
 
 def test_a_stopped_answer_says_its_usage_is_estimated_and_the_budget_refuses_the_next(
-    page: Page, live: str, fake_upstream_server: FakeUpstream
+    page: Page,  # noqa: F811 (the fixture imported above)
+    live: str,
+    fake_upstream_server: FakeUpstream,
 ) -> None:
     fake_upstream_server.queue(slow_stream(count=400, delay=0.02, text="word "))
     log_in(page, live, "carol", "carol-password-1")
@@ -59,7 +61,9 @@ def test_a_stopped_answer_says_its_usage_is_estimated_and_the_budget_refuses_the
 
 
 def test_a_complete_answer_shows_its_reported_cost(
-    page: Page, live: str, fake_upstream_server: FakeUpstream
+    page: Page,  # noqa: F811 (the fixture imported above)
+    live: str,
+    fake_upstream_server: FakeUpstream,
 ) -> None:
     # The default reply is fantasy-xai-grok-4-fast-2.sse: xAI billed 739000 ticks.
     log_in(page, live, "alice", "alice-password-1")
