@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import secrets
@@ -12,11 +14,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 
 from chat.models import Conversation, Message
+from tests.fake_upstream import slow_stream
 from tests.live import ROOT
 
 pytestmark = pytest.mark.django_db
@@ -312,3 +316,52 @@ def test_the_throttle_can_be_turned_off(client: Client, fast_users: dict[str, Us
     for _ in range(8):
         assert log_in(client, "alice", "wrong").status_code == 200
     assert log_in(client, "alice", "alice-password-1").status_code == 302
+
+
+# -- the websocket consumer itself ------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_app_answers_a_frame_of_several_megabytes_with_an_error(
+    upstream, alice: User, socket_for
+):
+    # Daphne cuts such frames off before the app (tests/test_live_security.py); behind any
+    # other server the consumer still refuses them and the socket stays usable.
+    socket = await socket_for(alice)
+    big = json.dumps({"type": "send", "content": "x" * 5_000_000, "conversation_id": None})
+    await socket.comm.send_to(text_data=big)
+    error = await socket.receive()
+    assert error["type"] == "error" and error["code"] == "too_long"
+    await socket.comm.send_to(text_data="x" * 5_000_000)
+    assert (await socket.receive())["code"] == "bad_json"
+    await socket.send(type="ping")
+    assert await socket.receive() == {"type": "pong"}
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    assert await database_sync_to_async(Conversation.objects.count)() == 0
+    assert upstream.stream_requests() == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_another_user_cannot_stop_or_watch_an_answer_while_it_streams(
+    upstream, alice: User, bob: User, socket_for
+):
+    upstream.queue(slow_stream(count=30, delay=0.02))
+    socket = await socket_for(alice)
+    await socket.send(type="send", content="count", conversation_id=None)
+    start, _ = await socket.until("message.start")
+    await socket.until("delta")
+
+    intruder = await socket_for(bob)
+    await intruder.send(type="stop", message_id=start["message"]["id"])
+    assert (await intruder.receive())["code"] == "not_found"
+    await intruder.send(type="watch", conversation_id=start["conversation_id"])
+    assert (await intruder.receive())["code"] == "not_found"
+    await intruder.send(type="send", content="me too", conversation_id=start["conversation_id"])
+    assert (await intruder.receive())["code"] == "not_found"
+
+    end, _ = await socket.until("message.end")
+    assert end["state"] == "complete"
+    # Nothing of alice's answer reached bob's socket.
+    with pytest.raises(asyncio.TimeoutError):
+        await intruder.receive(timeout=0.3)
+    assert len(upstream.stream_requests()) == 1
