@@ -431,3 +431,39 @@ def test_the_commands_fetch_prices_and_rebuild_the_days(upstream, alice):
     call_command("rebuild_usage_days", stdout=out)
     day = UsageDay.objects.get()
     assert (day.total_tokens, day.requests, day.cost_in_usd_ticks) == (10, 1, 30000)
+
+
+def test_admins_edit_prices_and_budgets_and_only_read_the_ledger(client, staff, alice):
+    client.force_login(staff)
+    for url in ("/admin/chat/modelprice/", "/admin/chat/budget/", "/admin/chat/usage/"):
+        assert client.get(url).status_code == 200, url
+    assert client.get("/admin/chat/usage/add/").status_code == 403
+    response = client.post(
+        "/admin/chat/modelprice/add/",
+        {"model": "grok-4", "prompt": "3", "cached_prompt": "0.75", "completion": "15"},
+    )
+    assert response.status_code == 302, response.content[:2000]
+    price = ModelPrice.objects.get(model="grok-4")
+    assert price.source == "admin" and price.as_price().completion == 150000
+    response = client.post(
+        "/admin/chat/budget/add/",
+        {"user": alice.id, "period": "day", "max_tokens": "5000", "max_cost_usd": "1.25"},
+    )
+    assert response.status_code == 302, response.content[:2000]
+    assert Budget.objects.for_user(alice).max_cost_ticks == 12_500_000_000
+
+
+def test_deleting_a_conversation_keeps_what_it_cost(upstream, alice, client):
+    conversation = Conversation.objects.create(user=alice)
+    _, answer = conversation.start_answer("hi", "grok-4")
+    answer.finish(
+        user_id=alice.id,
+        usage={"prompt_tokens": 10, "total_tokens": 10, "source": "reported"},
+        state="complete",
+    )
+    client.force_login(alice)
+    client.post(f"/c/{conversation.id}/delete/")
+    assert not Conversation.objects.exists()
+    row = Usage.objects.get()
+    assert (row.user, row.total_tokens, row.conversation, row.message) == (alice, 10, None, None)
+    assert UsageDay.objects.get().total_tokens == 10
