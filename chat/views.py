@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from django.conf import settings
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -13,12 +11,11 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from chat.catalog import models_offered
 from chat.login_throttle import ThrottledAuthenticationForm
-from chat.models import Conversation, Message, Usage
+from chat.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
 SIDEBAR_LIMIT = 200
@@ -116,41 +113,3 @@ def healthz(request: HttpRequest) -> HttpResponse:
     except Exception:
         return JsonResponse({"database": "down"}, status=503)
     return JsonResponse({"database": "ok"})
-
-
-def _parse_date(value: str | None, default: dt.date) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value) if value else default
-    except ValueError:
-        return default
-
-
-@staff_member_required
-def usage_report(request: HttpRequest) -> HttpResponse:
-    today = timezone.localdate()
-    start = _parse_date(request.GET.get("start"), today - dt.timedelta(days=29))
-    end = _parse_date(request.GET.get("end"), today)
-    tz = timezone.get_current_timezone()
-    since = dt.datetime.combine(start, dt.time.min, tzinfo=tz)
-    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
-    rows = list(Usage.objects.filter(created_at__gte=since, created_at__lt=until).per_user())
-    keys = (
-        "requests",
-        "errors",
-        "prompt_tokens",
-        "cached_prompt_tokens",
-        "completion_tokens",
-        "reasoning_tokens",
-        "total_tokens",
-    )
-    totals = {key: sum(row[key] or 0 for row in rows) for key in keys}
-    context = {
-        "title": "Usage per user",
-        "rows": rows,
-        "totals": totals,
-        "start": start,
-        "end": end,
-        "site_header": "Django administration",
-        "has_permission": True,
-    }
-    return render(request, "admin/usage_report.html", context)

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import views
+from chat import reports, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -13,6 +13,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("admin/usage/", views.usage_report, name="admin_usage"),
+    path("usage/", reports.my_usage, name="usage"),
+    path("admin/usage/", reports.usage_report, name="admin_usage"),
+    path("admin/usage/user/<int:user_id>/", reports.user_usage, name="admin_usage_user"),
     path("admin/", admin.site.urls),
 ]

@@ -121,7 +121,7 @@ def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
     page.click("text=Log out")
     log_in(page, live, "staff", "staff-password-1")
     page.goto(live + "/admin/")
-    page.click("text=Usage per user")
+    page.click("text=Usage report")
     row = page.locator("#usage-table tr[data-username=alice]")
     expect(row).to_be_visible()
     # slow_stream reports usage: 10 prompt + 40 completion tokens.

@@ -5,7 +5,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat.models import Conversation, Message, Usage
+from chat.models import Conversation, Message, Usage, UsageDay
 
 pytestmark = pytest.mark.django_db
 
@@ -157,7 +157,7 @@ def test_the_admin_usage_page_sums_tokens_per_user(client, alice, bob, staff):
         (alice, 200, 20, 0),
         (bob, 7, 3, 1),
     ]:
-        Usage.objects.create(
+        row = Usage.objects.create(
             user=user,
             outcome="complete",
             prompt_tokens=prompt,
@@ -165,13 +165,14 @@ def test_the_admin_usage_page_sums_tokens_per_user(client, alice, bob, staff):
             reasoning_tokens=reasoning,
             total_tokens=prompt + completion + reasoning,
         )
+        UsageDay.add(row)  # as Message.finish does: the report reads the daily totals
     client.force_login(alice)
     assert client.get("/admin/usage/").status_code == 302  # not staff
     client.force_login(staff)
     index = client.get("/admin/").content.decode()
     assert "/admin/usage/" in index
     response = client.get("/admin/usage/")
-    rows = {row["user__username"]: row for row in response.context["rows"]}
+    rows = {row["user__username"]: row for row in response.context["users"]}
     assert rows["alice"]["requests"] == 2
     assert rows["alice"]["total_tokens"] == 335
     assert rows["alice"]["reasoning_tokens"] == 5
@@ -179,7 +180,7 @@ def test_the_admin_usage_page_sums_tokens_per_user(client, alice, bob, staff):
     assert response.context["totals"]["total_tokens"] == 346
     # A period with no requests
     empty = client.get("/admin/usage/?start=2001-01-01&end=2001-01-31")
-    assert empty.context["rows"] == []
+    assert empty.context["users"] == []
 
 
 def test_the_admin_lists_users_conversations_messages_and_usage(client, staff, alice):
