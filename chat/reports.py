@@ -21,11 +21,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Min, Q, QuerySet, Sum
-from django.db.models.functions import TruncMonth
+from django.db.models.functions import Coalesce, TruncMonth
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.utils import formats, timezone
+from django.utils import dateformat, timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -36,6 +36,7 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 3660  # ten years: longer periods are cut, with a message
 MAX_DAILY_BARS = 366  # longer periods are charted per month
 PAGE_SIZE = 200
+RENEWS_FORMAT = "j F Y, H:i"  # '1 December 2026, 00:00'
 CONVERSATIONS_PAGE_SIZE = 100
 
 
@@ -442,7 +443,7 @@ def budget_words(status: BudgetStatus) -> str:
     """'You have used 85% of your monthly budget.' and the like."""
     kind = "daily" if status.budget.period == Budget.Period.DAY else "monthly"
     if status.over:
-        resets = formats.date_format(timezone.localtime(status.resets), "DATETIME_FORMAT")
+        resets = dateformat.format(timezone.localtime(status.resets), RENEWS_FORMAT)
         return (
             f"You have used all of your {kind} budget ({status.percent}%). "
             f"New messages are refused until it renews on {resets}."
@@ -537,7 +538,7 @@ def conversation_usage(user_id: int, period: Period) -> QuerySet:
             completion_tokens=Sum("completion_tokens"),
             reasoning_tokens=Sum("reasoning_tokens"),
             total_tokens=Sum("total_tokens"),
-            cost_in_usd_ticks=Sum("cost_in_usd_ticks"),
+            cost_in_usd_ticks=Coalesce(Sum("cost_in_usd_ticks"), 0),  # unpriced count as 0
             first=Min("created_at"),
             last=Max("created_at"),
         )
