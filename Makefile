@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint chromium
+.PHONY: run test install lint chromium check-deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,15 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium
+# Django's deployment checklist must pass with production settings (DEBUG off, a real
+# secret, a public host name behind a TLS proxy): warnings fail too.
+check-deploy: $(STAMP)
+	env -u DATABASE_URL -u REDIS_URL DJANGO_DEBUG=false \
+	  DJANGO_SECRET_KEY="$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	  DJANGO_ALLOWED_HOSTS=chat.example.com DJANGO_SECURE_PROXY_SSL_HEADER=true \
+	  $(BIN)/python manage.py check --deploy --fail-level WARNING
+
+test: $(STAMP) chromium check-deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
