@@ -120,6 +120,26 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def estimate_tokens(text: str) -> int:
+    """A rough token count, 4 characters a token, for streams that ended unreported."""
+    return (len(text) + 3) // 4
+
+
+def estimate_usage(prompt_texts: list[str], content: str, reasoning: str) -> dict[str, int]:
+    """Usage for a stream that ended before its report: the prompt as sent and the partial
+    answer, 4 characters a token (docs/usage.md). Nothing is guessed as cached."""
+    prompt = sum(estimate_tokens(text) for text in prompt_texts)
+    completion = estimate_tokens(content)
+    reasoning_tokens = estimate_tokens(reasoning)
+    return {
+        "prompt_tokens": prompt,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": completion,
+        "reasoning_tokens": reasoning_tokens,
+        "total_tokens": prompt + completion + reasoning_tokens,
+    }
+
+
 def period_start(period: str, now: dt.datetime) -> dt.datetime:
     """The start of the budget period ('day' or 'month') that `now` (aware, local) is in."""
     start = now.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -20,6 +20,7 @@ from chat.streams import (
     control_group,
     end_frame,
     viewers_group,
+    worker_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                         "not_found", "No such conversation.", conversation_id=conversation_id
                     )
             model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
-            user_message, answer = conversation.start_answer(text, model)
+            user_message, answer = conversation.start_answer(text, model, worker_id())
             price = ModelPrice.price_for(model)
         created = conversation_id is None
         return conversation, created, user_message, answer, conversation.history(), price

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -42,17 +43,22 @@ class Conversation(models.Model):
         self.updated_at = timezone.now()
         self.save(update_fields=["updated_at"])
 
-    def history(self) -> list[dict[str, str]]:
+    def history(self, before: int | None = None) -> list[dict[str, str]]:
         """The turns to send upstream: every message with text, oldest first."""
-        rows = self.messages.exclude(content="").values_list("role", "content")
-        return [{"role": role, "content": content} for role, content in rows]
+        rows = self.messages.exclude(content="")
+        if before is not None:
+            rows = rows.filter(id__lt=before)
+        return [
+            {"role": role, "content": content}
+            for role, content in rows.values_list("role", "content")
+        ]
 
     @transaction.atomic
-    def start_answer(self, text: str, model: str) -> tuple[Message, Message]:
+    def start_answer(self, text: str, model: str, worker: str = "") -> tuple[Message, Message]:
         """Save the user's message and an empty streaming answer in one transaction."""
         user_message = self.messages.create(role=Message.Role.USER, content=text)
         answer = self.messages.create(
-            role=Message.Role.ASSISTANT, state=Message.State.STREAMING, model=model
+            role=Message.Role.ASSISTANT, state=Message.State.STREAMING, model=model, worker=worker
         )
         fields = ["updated_at"]
         if self.model != model:
@@ -61,6 +67,22 @@ class Conversation(models.Model):
         self.updated_at = timezone.now()
         self.save(update_fields=fields)
         return user_message, answer
+
+
+class MessageQuerySet(models.QuerySet):
+    def orphans(self, host: str, alive: Callable[[int], bool], started_before: dt.datetime):
+        """Answers left "streaming" by a process that is gone.
+
+        Those of a dead process on this host (a restart after SIGKILL), and those of any
+        process that are older than the longest answer allowed (a host that never came back).
+        """
+        rows = self.filter(state=Message.State.STREAMING)
+        gone = [
+            row.pk
+            for row in rows.filter(worker__startswith=f"{host}:").only("pk", "worker")
+            if not alive(int(row.worker.rpartition(":")[2] or 0))
+        ]
+        return rows.filter(Q(pk__in=gone) | Q(created_at__lt=started_before))
 
 
 class Message(models.Model):
@@ -86,9 +108,19 @@ class Message(models.Model):
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    worker = models.CharField(
+        max_length=100, blank=True, help_text="host:pid of the process that streams it"
+    )
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["conversation", "id"])]
+        indexes = [
+            models.Index(fields=["conversation", "id"]),
+            models.Index(
+                fields=["state"], condition=Q(state="streaming"), name="chat_message_streaming"
+            ),
+        ]
         ordering = ["id"]
 
     def __str__(self) -> str:
@@ -116,6 +148,30 @@ class Message(models.Model):
         UsageDay.add(row)
         self.usage = row
         return row
+
+    @transaction.atomic
+    def interrupt_orphan(self) -> Usage | None:
+        """End an answer whose process died: what was checkpointed, with an estimate.
+
+        None if another process ended it first (the claim below lets only one write).
+        """
+        claimed = Message.objects.filter(pk=self.pk, state=Message.State.STREAMING).update(
+            state=Message.State.INTERRUPTED
+        )
+        if not claimed:
+            return None
+        prompt = [turn["content"] for turn in self.conversation.history(before=self.pk)]
+        usage = {
+            **billing.estimate_usage(prompt, self.content, self.reasoning),
+            "source": Usage.Source.ESTIMATED,
+            "requested_model": self.model,
+        }
+        return self.finish(
+            user_id=self.conversation.user_id,
+            usage=usage,
+            state=Message.State.INTERRUPTED,
+            error="The server stopped while this answer was streaming.",
+        )
 
 
 class ModelPrice(models.Model):
@@ -596,8 +652,3 @@ def budget_status(user, budget: Budget | None = None) -> BudgetStatus | None:
         return None
     start = billing.period_start(budget.period, timezone.localtime())
     return budget.status(spent_since(user.pk, start.date()))
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count, 4 characters a token, for streams that ended unreported."""
-    return (len(text) + 3) // 4

@@ -10,7 +10,11 @@ requests, so Stop works from any tab in any process.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import os
+import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,9 +22,11 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
 
-from chat.billing import Price
-from chat.models import Message, Usage, estimate_tokens
+from chat.billing import Price, estimate_usage
+from chat.models import Message, Usage
 from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,59 @@ def upstream_from_settings() -> Upstream:
         ),
         max_retries=settings.UPSTREAM_MAX_RETRIES,
     )
+
+
+def worker_id() -> str:
+    """This process, as stored on the answers it streams."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def sweep_orphans(at_start: bool) -> int:
+    """End answers left "streaming" by dead processes as interrupted, with their usage rows.
+
+    At start, rows under this process's own host and pid belong to an earlier process
+    that had the same pid (a container restarted after SIGKILL runs as pid 1 again).
+    """
+    me = os.getpid()
+
+    def alive(pid: int) -> bool:
+        if pid == me:
+            return not at_start
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return pid > 0
+
+    horizon = timezone.now() - dt.timedelta(seconds=settings.UPSTREAM_TOTAL_TIMEOUT + 60)
+    orphans = Message.objects.orphans(socket.gethostname(), alive, horizon)
+    ended = 0
+    for message in orphans.select_related("conversation"):
+        if message.interrupt_orphan() is not None:
+            ended += 1
+    if ended:
+        logger.warning("marked %d answers of stopped processes as interrupted", ended)
+    return ended
+
+
+def on_server_start() -> None:
+    """Called once by chatsite.asgi in each server process, before it serves anything."""
+    try:
+        sweep_orphans(at_start=True)
+    except DatabaseError as exc:  # not migrated yet: the app still starts and says so
+        logger.warning("could not look for interrupted answers: %s", exc)
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None and hasattr(reactor, "addSystemEventTrigger"):
+        # Daphne stops on SIGTERM through Twisted: end and save the answers first.
+        from twisted.internet import defer
+
+        reactor.addSystemEventTrigger(
+            "before",
+            "shutdown",
+            lambda: defer.Deferred.fromFuture(asyncio.ensure_future(interrupt_all())),
+        )
 
 
 async def interrupt_all(timeout: float = 10.0) -> int:
@@ -98,6 +157,8 @@ class AnswerRun:
         self._pending = Delta()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -162,9 +223,25 @@ class AnswerRun:
                 self.origin = None
         self._pending.content += delta.content
         self._pending.reasoning += delta.reasoning
+        self._maybe_checkpoint()
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(GROUP_FLUSH_SECONDS, self._schedule_flush)
+
+    def _maybe_checkpoint(self) -> None:
+        interval = settings.STREAM_CHECKPOINT_SECONDS
+        now = time.monotonic()
+        if not interval or now - self._checkpointed_at < interval:
+            return
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpointed_at = now
+            self._checkpoint = asyncio.create_task(self._save_checkpoint())
+
+    async def _save_checkpoint(self) -> None:
+        """Save the text so far, so that a killed process loses at most an interval of it."""
+        await database_sync_to_async(
+            Message.objects.filter(pk=self.message_id, state=Message.State.STREAMING).update
+        )(content=self.answer.content, reasoning=self.answer.reasoning)
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
@@ -212,6 +289,8 @@ class AnswerRun:
         }
 
     async def _finish(self, state: str, error: str, started: float) -> None:
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -266,15 +345,9 @@ def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
         # Refused (an error status) or never reached: the upstream generated nothing.
         return {key: 0 for key in USAGE_KEYS} | {"source": Usage.Source.NONE}
     # The stream ended before its usage report: the prompt as sent and the partial answer.
-    prompt = sum(estimate_tokens(m["content"]) for m in history)
-    completion = estimate_tokens(answer.content)
-    reasoning = estimate_tokens(answer.reasoning)
+    prompt = [turn["content"] for turn in history]
     return {
-        "prompt_tokens": prompt,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": completion,
-        "reasoning_tokens": reasoning,
-        "total_tokens": prompt + completion + reasoning,
+        **estimate_usage(prompt, answer.content, answer.reasoning),
         "source": Usage.Source.ESTIMATED,
     }
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
@@ -106,10 +109,36 @@ def setup(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/setup.html", {"form": form})
 
 
-def healthz(request: HttpRequest) -> HttpResponse:
+async def healthz(request: HttpRequest) -> HttpResponse:
+    """200 only when the database and the channel layer both answer (for load balancers)."""
+    checks = {
+        "database": await sync_to_async(_database_answers)(),
+        "channel_layer": await _channel_layer_answers(),
+    }
+    status = 200 if all(checks.values()) else 503
+    return JsonResponse(
+        {name: "ok" if ok else "down" for name, ok in checks.items()}, status=status
+    )
+
+
+def _database_answers() -> bool:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception:
-        return JsonResponse({"database": "down"}, status=503)
-    return JsonResponse({"database": "ok"})
+        return True
+    except Exception as exc:
+        logger.warning("health check: the database does not answer: %s", exc)
+        return False
+
+
+async def _channel_layer_answers(timeout: float = 2.0) -> bool:
+    """A message sent to a fresh channel of the layer comes back."""
+    try:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        async with asyncio.timeout(timeout):
+            await layer.send(channel, {"type": "health.check"})
+            return (await layer.receive(channel)).get("type") == "health.check"
+    except Exception as exc:
+        logger.warning("health check: the channel layer does not answer: %r", exc)
+        return False

@@ -251,6 +251,9 @@ UPSTREAM_IDLE_TIMEOUT = envfloat("UPSTREAM_IDLE_TIMEOUT", 120.0)
 UPSTREAM_TOTAL_TIMEOUT = envfloat("UPSTREAM_TOTAL_TIMEOUT", 3600.0)
 UPSTREAM_MAX_RETRIES = envint("UPSTREAM_MAX_RETRIES", 2)
 UPSTREAM_MODELS_CACHE_SECONDS = envint("UPSTREAM_MODELS_CACHE_SECONDS", 600)
+# How often a streaming answer's text is saved, so that a killed process loses at most
+# this much of it (0: only at the end).
+STREAM_CHECKPOINT_SECONDS = envfloat("STREAM_CHECKPOINT_SECONDS", 5.0)
 
 LOGGING = {
     "version": 1,

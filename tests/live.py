@@ -56,7 +56,16 @@ def app_env(tmp: Path, upstream_base_url: str, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = free_port()
+    with daphne_process(env, log) as (url, _process):
+        yield url
+
+
+@contextmanager
+def daphne_process(
+    env: dict[str, str], log: Path, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Daphne in its own process, answering /healthz; the URL and the process."""
+    port = port or free_port()
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [
@@ -86,7 +95,7 @@ def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daphne did not start:\n{log.read_text()}")
             time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
