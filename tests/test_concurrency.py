@@ -53,7 +53,7 @@ async def test_twenty_answers_finishing_together_are_all_saved(
         "shell",
         "-c",
         "from chat.models import Message, Usage, UsageDay;"
-        "print(Message.objects.filter(state='complete').count(), Usage.objects.count(),"
+        "print(Message.objects.filter(role='assistant', state='complete').count(), Usage.objects.count(),"
         " UsageDay.objects.get().requests)",
     )
     assert counts.strip().splitlines()[-1].split() == [str(STREAMS)] * 3
