@@ -29,6 +29,7 @@ class Live:
     alice: str  # Cookie header of a logged-in alice
     staff: str
     conversation_id: int
+    alice_id: int
 
 
 def session_cookie(url: str, username: str, password: str) -> str:
@@ -55,9 +56,9 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[Live]
         "from django.contrib.auth.models import User; from chat.models import Conversation;"
         "c = Conversation.objects.create(user=User.objects.get(username='alice'), title='t');"
         "c.messages.create(role='user', content='hello');"
-        "print('conversation', c.id)"
+        "print('ids', c.id, c.user_id)"
     )
-    conversation_id = int(manage(env, "shell", "-c", script).split("conversation")[-1])
+    conversation_id, alice_id = map(int, manage(env, "shell", "-c", script).split()[-2:])
     with daphne(env, tmp / "daphne.log") as url:
         yield Live(
             url=url,
@@ -65,6 +66,7 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[Live]
             alice=session_cookie(url, "alice", "alice-password-1"),
             staff=session_cookie(url, "staff", "staff-password-1"),
             conversation_id=conversation_id,
+            alice_id=alice_id,
         )
 
 
@@ -102,11 +104,18 @@ def static_files() -> list[str]:
 def test_every_kind_of_page_and_every_static_file_sends_the_security_headers(live: Live):
     pages = {
         None: ["/accounts/login/", "/setup/", "/healthz", "/no-such-page/"],
-        live.alice: ["/", f"/c/{live.conversation_id}/", f"/c/{live.conversation_id}/delete/"],
+        live.alice: [
+            "/",
+            f"/c/{live.conversation_id}/",
+            f"/c/{live.conversation_id}/delete/",
+            "/usage/",
+        ],
         live.staff: [
             "/admin/",
             "/admin/login/",
             "/admin/usage/",
+            "/admin/usage/?format=csv",
+            f"/admin/usage/user/{live.alice_id}/",
             "/admin/chat/conversation/",
             f"/admin/chat/conversation/{live.conversation_id}/change/",
             "/admin/chat/message/",

@@ -170,6 +170,7 @@ def test_another_users_conversation_is_404_on_every_view_and_is_logged(
 ADMIN_URLS = [
     "/admin/",
     "/admin/usage/",
+    "/admin/usage/?format=csv",
     "/admin/auth/user/",
     "/admin/chat/conversation/",
     "/admin/chat/message/",
@@ -181,7 +182,11 @@ def test_admin_pages_and_the_usage_report_require_staff(
     client: Client, alice: User, bob: User, staff: User
 ):
     theirs = _conversation(bob)
-    urls = [*ADMIN_URLS, f"/admin/chat/conversation/{theirs.id}/change/"]
+    urls = [
+        *ADMIN_URLS,
+        f"/admin/chat/conversation/{theirs.id}/change/",
+        f"/admin/usage/user/{bob.id}/",
+    ]
     for who in (None, alice):
         client.logout()
         if who is not None:
@@ -203,13 +208,25 @@ def test_admin_pages_and_the_usage_report_require_staff(
 
 def test_pages_need_a_login(client: Client, alice: User):
     theirs = _conversation(alice)
-    for url in ["/", f"/c/{theirs.id}/", f"/c/{theirs.id}/delete/"]:
+    for url in ["/", f"/c/{theirs.id}/", f"/c/{theirs.id}/delete/", "/usage/"]:
         response = client.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     for url in [f"/c/{theirs.id}/rename/", f"/c/{theirs.id}/delete/"]:
         response = client.post(url, {"title": "x"})
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     assert Conversation.objects.filter(id=theirs.id, title="Chat").exists()
+
+
+def test_the_setup_page_sends_the_security_headers(client: Client):
+    # Only a fresh install shows it (the live tests' database has users).
+    response = client.get("/setup/")
+    assert response.status_code == 200 and b"Create the first admin" in response.content
+    csp = response["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["Referrer-Policy"] == "same-origin"
 
 
 # -- login throttling -------------------------------------------------------------------
