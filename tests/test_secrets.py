@@ -150,7 +150,7 @@ def test_no_page_or_static_file_shows_the_key(live: Live, fake_upstream_server: 
     fake_upstream_server.reset()
     pages = {
         None: ["/accounts/login/", "/setup/", "/healthz", "/nope/"],
-        live.alice: ["/", "/nope/"],
+        live.alice: ["/", "/usage/", "/nope/"],
         live.staff: [
             "/",
             "/admin/",
@@ -225,6 +225,8 @@ async def test_the_key_stays_out_of_frames_pages_and_the_server_log(
         (live.staff, f"/admin/chat/message/{message}/change/"),
         (live.staff, "/admin/chat/usage/"),
         (live.staff, "/admin/usage/"),
+        (live.staff, "/admin/usage/?format=csv"),
+        (live.alice, "/usage/"),
     ]:
         assert_no_key(await asyncio.to_thread(get, live, cookie, path), path)
     await asyncio.sleep(0.2)  # let the server's last log lines land
