@@ -228,11 +228,17 @@ def chart_svg(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> Saf
                 f"<title>{escape(bar.label)}: {escape(describe(value))}</title></rect>"
             )
         if bars:  # the first, middle and last labels under each panel
-            for position in sorted({0, len(bars) // 2, len(bars) - 1}):
-                x = left + (position + 0.5) * slot
+            last = len(bars) - 1
+            for position in sorted({0, len(bars) // 2, last}):
+                # The first label starts at its bar, the last ends at its bar: both stay inside.
+                anchor, x = "middle", left + (position + 0.5) * slot
+                if position == 0:
+                    anchor, x = "start", left + position * slot
+                elif position == last:
+                    anchor, x = "end", left + (position + 1) * slot
                 out.append(
                     f'<text class="chart-axis-label" x="{x:.2f}" y="{base + 16}" '
-                    f'font-size="11" text-anchor="middle">{escape(bars[position].label)}</text>'
+                    f'font-size="11" text-anchor="{anchor}">{escape(bars[position].label)}</text>'
                 )
     out.append("</svg>")
     return mark_safe("".join(out))  # every text above is escaped
