@@ -30,7 +30,15 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from chat import billing
-from chat.models import USAGE_SUMS, Budget, BudgetStatus, Usage, UsageDay, budget_status
+from chat.models import (
+    USAGE_SUMS,
+    Budget,
+    BudgetStatus,
+    Usage,
+    UsageDay,
+    UsageDayQuerySet,
+    budget_status,
+)
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660  # ten years: longer periods are cut, with a message
@@ -148,7 +156,7 @@ class Bar:
     cost_ticks: int
 
 
-def chart_bars(days: QuerySet, period: Period) -> tuple[list[Bar], str]:
+def chart_bars(days: UsageDayQuerySet, period: Period) -> tuple[list[Bar], str]:
     """Tokens and cost per day of `period` (per month for long periods), zeros included."""
     if period.days <= MAX_DAILY_BARS:
         found = {row["day"]: row for row in days.grouped("day").order_by()}
@@ -244,7 +252,7 @@ def chart_svg(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> Saf
     return mark_safe("".join(out))  # every text above is escaped
 
 
-def chart_for(days: QuerySet, period: Period, *, chart_id: str, caption: str) -> SafeString:
+def chart_for(days: UsageDayQuerySet, period: Period, *, chart_id: str, caption: str) -> SafeString:
     bars, unit = chart_bars(days, period)
     return chart_svg(bars, unit, chart_id=chart_id, caption=caption)
 
@@ -363,7 +371,7 @@ class Filters:
                 filters.errors.append(f"“{user}” is not a user id; showing every user.")
         return filters
 
-    def apply(self, days: QuerySet) -> QuerySet:
+    def apply(self, days: UsageDayQuerySet) -> UsageDayQuerySet:
         if self.user_id is not None:
             days = days.filter(user_id=self.user_id)
         if self.model:
