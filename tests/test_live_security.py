@@ -25,6 +25,7 @@ MAX_CHARS = 32000  # the default CHAT_MAX_MESSAGE_CHARS, which the live app runs
 @dataclass
 class Live:
     url: str
+    env: dict[str, str]
     db: Path
     alice: str  # Cookie header of a logged-in alice
     staff: str
@@ -62,6 +63,7 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[Live]
     with daphne(env, tmp / "daphne.log") as url:
         yield Live(
             url=url,
+            env=env,
             db=tmp / "db.sqlite3",
             alice=session_cookie(url, "alice", "alice-password-1"),
             staff=session_cookie(url, "staff", "staff-password-1"),
@@ -201,12 +203,18 @@ async def test_an_anonymous_socket_is_closed_at_connect(live: Live, cookie: str 
 # -- bad frames -------------------------------------------------------------------------
 
 
-def counts(db: Path) -> dict[str, int]:
-    with sqlite3.connect(db) as conn:
-        return {
-            table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            for table in ("chat_conversation", "chat_message", "chat_usage")
-        }
+def counts(live: Live) -> dict[str, int]:
+    """Rows the live app has saved, read straight from its database (SQLite or PostgreSQL)."""
+    tables = ("chat_conversation", "chat_message", "chat_usage")
+    url = live.env.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+    assert live.db.exists()
+    with sqlite3.connect(live.db) as conn:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
 
 def frame(**fields: Any) -> str:
@@ -289,7 +297,7 @@ async def test_a_bad_frame_gets_an_error_saves_nothing_and_the_socket_stays_usab
 ):
     data, code = BAD_FRAMES[name]
     fake_upstream_server.reset()
-    before = counts(live.db)
+    before = counts(live)
     async with connect(live, live.alice, live.url) as ws:
         await ws.send(data)
         async with asyncio.timeout(5):
@@ -297,7 +305,7 @@ async def test_a_bad_frame_gets_an_error_saves_nothing_and_the_socket_stays_usab
         assert reply["type"] == "error" and reply["code"] == code, reply
         assert reply["message"]
         await ping(ws)
-    assert counts(live.db) == before
+    assert counts(live) == before
     assert fake_upstream_server.stream_requests() == []
 
 
@@ -308,7 +316,7 @@ async def test_a_frame_of_several_megabytes_is_cut_off_by_daphne_and_nothing_is_
     # app reads them; the page reconnects. In-process tests check that the
     # app itself answers such a frame with an error (tests/test_security.py).
     fake_upstream_server.reset()
-    before = counts(live.db)
+    before = counts(live)
     async with connect(live, live.alice, live.url) as ws:
         with pytest.raises(ConnectionClosed):
             async with asyncio.timeout(10):
@@ -317,5 +325,5 @@ async def test_a_frame_of_several_megabytes_is_cut_off_by_daphne_and_nothing_is_
                 await ws.recv()
     async with connect(live, live.alice, live.url) as ws:
         await ping(ws)
-    assert counts(live.db) == before
+    assert counts(live) == before
     assert fake_upstream_server.stream_requests() == []
