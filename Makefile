@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint chromium check-deploy
+.PHONY: run test test-services install lint chromium check-deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,10 +35,26 @@ check-deploy: $(STAMP)
 	  DJANGO_ALLOWED_HOSTS=chat.example.com DJANGO_SECURE_PROXY_SSL_HEADER=true \
 	  $(BIN)/python manage.py check --deploy --fail-level WARNING
 
+# The suite runs twice: on SQLite with the in-memory channel layer, then on PostgreSQL with
+# Redis when both answer on loopback (said loudly, not passed silently, when they don't).
+PG_URL := postgres://postgres@127.0.0.1:5432/grokchat
+REDIS_TEST_URL := redis://127.0.0.1:6379/14
+
 test: $(STAMP) chromium check-deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/pytest
+	@$(MAKE) --no-print-directory test-services
+
+test-services: $(STAMP)
+	@if $(BIN)/python tests/services.py; then \
+	  echo "== Second run: PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) =="; \
+	  DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/pytest; \
+	else \
+	  echo; echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	  echo "!! SKIPPED: the PostgreSQL + Redis run (see the line above for what is missing)"; \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; echo; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -168,11 +168,20 @@ else:
     }
 
 REDIS_URL = os.getenv("REDIS_URL", "")
+# Keeps apps (or test runs) that share one Redis apart.
+REDIS_PREFIX = os.getenv("REDIS_PREFIX", "grokchat")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+            # capacity: messages waiting per channel before channels_redis drops new ones
+            # (silently, for group sends); docs/benchmarks.md measures the app's peak.
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": 1000,
+                "expiry": 30,
+                "prefix": REDIS_PREFIX,
+            },
         }
     }
 else:
@@ -185,7 +194,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "grokchat",
+            "KEY_PREFIX": REDIS_PREFIX,
         }
     }
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +53,39 @@ def app_env(tmp: Path, upstream_base_url: str, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
+    # Each live app gets its own database and Redis prefix, even on shared servers.
+    if env.get("DATABASE_URL", "").startswith("postgres"):
+        env["DATABASE_URL"] = fresh_postgres_database(env["DATABASE_URL"])
+    if env.get("REDIS_URL") and "REDIS_PREFIX" not in extra:
+        env["REDIS_PREFIX"] = f"test-{uuid.uuid4().hex[:12]}"
     return env
+
+
+def fresh_postgres_database(url: str) -> str:
+    """A new, empty database beside the one `url` names, dropped when the tests end."""
+    import psycopg
+
+    name = f"live_{uuid.uuid4().hex[:12]}"
+    base, _, _ = url.rpartition("/")
+    admin = base.replace("postgres://", "postgresql://", 1) + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    atexit.register(drop)
+    return f"{base}/{name}"
+
+
+def postgres_url() -> str | None:
+    """A database URL on the local PostgreSQL server, if it answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return "postgres://postgres@127.0.0.1:5432/postgres"
+    except OSError:
+        return None
 
 
 @contextmanager

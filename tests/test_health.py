@@ -34,6 +34,7 @@ async def test_it_answers_503_when_the_channel_layer_is_down(async_client, caplo
 def test_it_answers_503_when_the_database_is_down(tmp_path):
     # A process whose SQLite file sits in a directory that does not exist.
     env = app_env(tmp_path, "http://127.0.0.1:9/v1", DJANGO_ALLOWED_HOSTS="testserver")
+    env.pop("DATABASE_URL", None)
     env["SQLITE_PATH"] = str(tmp_path / "no-such-dir" / "db.sqlite3")
     script = (
         "from django.test import Client; r = Client().get('/healthz');"

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.fake_upstream import FakeUpstream, slow_stream
-from tests.live import app_env, daphne, prepare_database
+from tests.fake_upstream import FakeUpstream, Reply, chunk, slow_stream, sse
+from tests.live import app_env, daphne, postgres_url, prepare_database
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -31,10 +31,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def two_processes(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[list[str]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def two_processes(
+    request, fake_upstream_server: FakeUpstream, tmp_path_factory
+) -> Iterator[list[str]]:
     tmp = tmp_path_factory.mktemp("procs")
-    env = app_env(tmp, fake_upstream_server.base_url, REDIS_URL="redis://127.0.0.1:6379/15")
+    extra = {"REDIS_URL": "redis://127.0.0.1:6379/15"}
+    if request.param == "postgresql":
+        url = postgres_url()
+        if url is None:
+            pytest.skip("POSTGRESQL NOT RUNNING on 127.0.0.1:5432: its cross-process run skipped")
+        extra["DATABASE_URL"] = url
+    env = app_env(tmp, fake_upstream_server.base_url, **extra)
     prepare_database(env)
     with daphne(env, tmp / "a.log") as a, daphne(env, tmp / "b.log") as b:
         yield [a, b]
@@ -98,3 +106,46 @@ async def test_a_tab_on_another_process_sees_the_stream_and_stops_it(
         assert second_end["state"] == "stopped"
         assert second_end["message_id"] == end["message_id"]
     print(f"stop across processes took {stopped_after * 1000:.0f} ms")
+
+
+async def test_a_tab_on_another_process_gets_every_chunk_in_order(
+    two_processes: list[str], fake_upstream_server: FakeUpstream
+) -> None:
+    # 2,000 numbered chunks, one every millisecond or so, relayed through Redis.
+    fake_upstream_server.reset()
+    expected = "".join(f"{i} " for i in range(2000))
+    pieces = [f"{i} " for i in range(2000)]
+    events = [sse(chunk(piece), done=False) for piece in pieces]
+    events += [sse(chunk(finish="stop"))]
+    a, b = two_processes
+    cookie = session_cookie(a, "alice", "alice-password-1")
+    async with _connect(a, cookie) as first, _connect(b, cookie) as second:
+        # A first answer makes the conversation, so the second tab can watch the next one.
+        await first.send(json.dumps({"type": "send", "content": "hi", "conversation_id": None}))
+        start, _ = await _frames_until(first, "message.end")
+        conversation_id = start["conversation_id"]
+        await second.send(json.dumps({"type": "watch", "conversation_id": conversation_id}))
+        await _frames_until(second, "watching")
+
+        fake_upstream_server.queue(Reply(pieces=events, delay=0.001))
+        await first.send(
+            json.dumps({"type": "send", "content": "count", "conversation_id": conversation_id})
+        )
+        _, direct = await _frames_until(first, "message.end", timeout=20)
+        _, relayed = await _frames_until(second, "message.end", timeout=20)
+
+    def text(frames: list[dict]) -> str:
+        out = ""
+        for frame in frames:
+            if frame["type"] == "snapshot":
+                out = frame["content"]
+            elif frame["type"] == "delta":
+                out += frame["content"]
+        return out
+
+    assert text(direct) == expected
+    assert text(relayed) == expected
+    # Coalesced: the other process got far fewer frames than chunks, and none were lost.
+    group_deltas = len([f for f in relayed if f["type"] == "delta"])
+    assert 1 < group_deltas < 2000
+    print(f"relayed {group_deltas} group deltas")
