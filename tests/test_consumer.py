@@ -62,7 +62,9 @@ async def test_it_streams_an_answer_and_saves_it(upstream, alice, socket_for):
     assert message.state == "complete" and message.finish_reason == "stop"
     assert message.ttft_ms is not None and message.duration_ms is not None
     [usage] = await _usage_rows(message.id)
-    assert usage.source == "reported" and usage.total_tokens == 373 and usage.reasoning_tokens == 133
+    assert (
+        usage.source == "reported" and usage.total_tokens == 373 and usage.reasoning_tokens == 133
+    )
     assert usage.response_id == "da8e02b5-c40e-2b4b-33ec-f867d1ba3d3e_us-east-1"
     assert usage.system_fingerprint == "fp_10f00c862d"
 
