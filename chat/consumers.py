@@ -89,7 +89,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def decode_json(cls, text_data: str) -> Any:
         try:
             return await super().decode_json(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError
             return _BadJson
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

@@ -240,7 +240,8 @@ def _data(event: ServerSentEvent) -> Any:
     try:
         return json.loads(data)
     except ValueError:
-        logger.warning("upstream sent an event that is not JSON: %.200r", data)
+        # Not its text: it could hold anything the upstream echoed, the key included.
+        logger.warning("upstream sent an event that is not JSON (%d characters)", len(data))
         return None
 
 
@@ -509,6 +510,9 @@ class Upstream:
                     yield delta
                 return
             except UpstreamError as exc:
+                # Its message reaches the user, the database and the logs: never the key.
+                exc.message = self.redact(exc.message)
+                exc.args = (exc.message,)
                 if relayed or not exc.retryable or attempt >= self.max_retries:
                     raise
                 attempt += 1

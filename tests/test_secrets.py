@@ -67,26 +67,11 @@ SCENARIOS: dict[str, Scenario] = {
     ),
 }
 
+
 # Leaks found in chat/upstream.py, which this work may not change: strict, so the marks
 # must go once it redacts these too.
-KNOWN_LEAKS = {
-    "an error event inside the stream that echoes the key": (
-        "chat/upstream.py: error events inside a stream become the answer's error text "
-        "unredacted (frames, the saved message, pages)"
-    ),
-    "a stream event that is not JSON and holds the key": (
-        "chat/upstream.py _data logs a non-JSON event's text unredacted"
-    ),
-}
-
-
 def scenario_params() -> list:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_LEAKS[name]))
-        if name in KNOWN_LEAKS
-        else name
-        for name in SCENARIOS
-    ]
+    return list(SCENARIOS)
 
 
 def assert_no_key(text: str, where: str) -> None:
