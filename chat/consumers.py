@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from importlib import import_module
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.db import transaction
+from django.dispatch import receiver
 
 from chat.billing import Price
 from chat.limits import refusal_for
@@ -24,6 +29,7 @@ from chat.streams import (
 )
 
 logger = logging.getLogger(__name__)
+SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
 
 RECENT_ANSWERS = 10
@@ -36,6 +42,23 @@ def answer_frame(message: Message) -> dict[str, Any]:
         "content": message.content,
         "reasoning": message.reasoning,
     }
+
+
+CLOSE_LOGGED_OUT = 4401
+LOGGED_OUT = {"type": "error", "code": "logged_out", "message": "You have been logged out."}
+
+
+def session_group(session_key: str) -> str:
+    # A digest, so that session keys never travel through the channel layer.
+    return "session_" + hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+@receiver(user_logged_out)
+def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
+    """Logging out closes that session's open sockets, in every process."""
+    key = getattr(getattr(request, "session", None), "session_key", None)
+    if key:
+        async_to_sync(get_channel_layer().group_send)(session_group(key), {"type": "session.ended"})
 
 
 class ClientError(Exception):
@@ -52,14 +75,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
-            await self.close(code=4401)
+            await self.close(code=CLOSE_LOGGED_OUT)
             return
         self.watching: int | None = None
         # What this socket has shown of answers it follows through the group.
         self.known: dict[int, list[int]] = {}
+        session = self.scope.get("session")
+        self.session_key: str | None = getattr(session, "session_key", None)
+        if self.session_key:
+            await self.channel_layer.group_add(session_group(self.session_key), self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "session_key", None):
+            await self.channel_layer.group_discard(
+                session_group(self.session_key), self.channel_name
+            )
         for run in list(RUNNING.values()):
             run.detach(self.channel_name)
         if getattr(self, "watching", None) is not None:
@@ -70,6 +101,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if not isinstance(content, dict):
                 raise ClientError("bad_frame", "A frame must be a JSON object.")
             kind = content.get("type")
+            if kind in ("send", "watch", "stop") and not await self._session_is_valid():
+                await self.send_json(LOGGED_OUT)
+                await self.close(code=CLOSE_LOGGED_OUT)
+                return
             if kind == "send":
                 await self.send_message(content)
             elif kind == "watch":
@@ -223,6 +258,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return value
 
     @database_sync_to_async
+    def _session_is_valid(self) -> bool:
+        """Is the session this socket was opened with still logged in? (A backstop for a
+        logout whose group message was lost: each request checks the session store.)"""
+        if not self.session_key:
+            return True  # a socket authenticated without a session (tests)
+        # A logged-out or expired session loads as empty.
+        return SessionStore(session_key=self.session_key).get(SESSION_KEY) == str(self.user.pk)
+
+    @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:
         found = Conversation.objects.for_user(self.user).filter(id=conversation_id).exists()
         if not found:
@@ -331,6 +375,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "reasoning": event["reasoning"],
             }
         )
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        await self.send_json(LOGGED_OUT)
+        await self.close(code=CLOSE_LOGGED_OUT)
 
     async def chat_end(self, event: dict[str, Any]) -> None:
         if self._visible(event):

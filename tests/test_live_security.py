@@ -320,3 +320,48 @@ async def test_a_frame_of_several_megabytes_is_cut_off_by_daphne_and_nothing_is_
         await ping(ws)
     assert counts(live) == before
     assert fake_upstream_server.stream_requests() == []
+
+
+async def test_logging_out_closes_the_sessions_open_socket(live: Live) -> None:
+    cookie = session_cookie(live.url, "alice", "alice-password-1")
+    other = session_cookie(live.url, "alice", "alice-password-1")  # another browser
+    async with connect(live, cookie, live.url) as ws, connect(live, other, live.url) as elsewhere:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.recv())["type"] == "pong"
+        await asyncio.to_thread(_log_out, live.url, cookie)
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert frame["code"] == "logged_out"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd.code == 4401
+        # The other session stays logged in and usable.
+        await elsewhere.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(elsewhere.recv(), 5))["type"] == "pong"
+
+
+def _log_out(url: str, cookie: str) -> None:
+    with httpx.Client(base_url=url) as client:
+        client.cookies.set("sessionid", cookie.removeprefix("sessionid="))
+        page = client.get("/").text
+        token = page.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+        response = client.post("/accounts/logout/", data={"csrfmiddlewaretoken": token})
+        assert response.status_code == 302, response.text[:500]
+
+
+async def test_a_socket_whose_session_ended_elsewhere_can_no_longer_send(
+    live: Live, fake_upstream_server: FakeUpstream
+) -> None:
+    # The session is deleted without a logout signal (it expired, or was cleared in another
+    # process whose group message was lost): the next request on the socket is refused.
+    cookie = session_cookie(live.url, "alice", "alice-password-1")
+    key = cookie.removeprefix("sessionid=")
+    fake_upstream_server.reset()
+    async with connect(live, cookie, live.url) as ws:
+        script = f"from django.contrib.sessions.models import Session; Session.objects.filter(session_key='{key}').delete()"
+        await asyncio.to_thread(manage, live.env, "shell", "-c", script)
+        await ws.send(json.dumps({"type": "send", "content": "hello", "conversation_id": None}))
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert frame["code"] == "logged_out"
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert fake_upstream_server.stream_requests() == []

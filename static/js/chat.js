@@ -448,6 +448,8 @@ function watchCurrentConversation() {
   sendFrame({ type: "watch", conversation_id: currentConversationId });
 }
 
+const CLOSE_LOGGED_OUT = 4401;
+
 function connect() {
   socket = new WebSocket(SOCKET_URL);
   window.__chatSocket = socket;
@@ -465,12 +467,17 @@ function onSocketOpen() {
   pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_INTERVAL_MS);
 }
 
-function onSocketClose() {
+function onSocketClose(event) {
   window.__chatReady = false;
   clearInterval(pingTimer);
   // A send without message.start may or may not have been taken; its text is still in the composer.
   pendingSend = null;
   updateSendButton();
+  if (event.code === CLOSE_LOGGED_OUT) {
+    // Logged out (here or in another tab): reconnecting would only be refused again.
+    setConnectionStatus("You are logged out. Log in again in a new tab to go on; what you typed is kept here.");
+    return;
+  }
   setConnectionStatus(`Connection lost. Reconnecting in ${(retryDelay / 1000).toFixed(1)} s…`);
   setTimeout(connect, retryDelay);
   retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
