@@ -140,6 +140,29 @@ def estimate_usage(prompt_texts: list[str], content: str, reasoning: str) -> dic
     }
 
 
+TURN_OVERHEAD_TOKENS = 4  # role and separators of each message, roughly
+
+
+def fit_history(turns: list[dict[str, str]], max_tokens: int) -> tuple[list[dict[str, str]], int]:
+    """The newest turns whose estimated size fits `max_tokens`, and how many were dropped.
+
+    The newest turn (the user's question) is always kept, and what is sent never starts
+    with an answer whose question was dropped.
+    """
+    kept: list[dict[str, str]] = []
+    total = 0
+    for turn in reversed(turns):
+        size = estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS
+        if kept and total + size > max_tokens:
+            break
+        kept.append(turn)
+        total += size
+    kept.reverse()
+    while len(kept) > 1 and kept[0]["role"] != "user":
+        kept.pop(0)
+    return kept, len(turns) - len(kept)
+
+
 def period_start(period: str, now: dt.datetime) -> dt.datetime:
     """The start of the budget period ('day' or 'month') that `now` (aware, local) is in."""
     start = now.replace(hour=0, minute=0, second=0, microsecond=0)

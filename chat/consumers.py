@@ -16,7 +16,7 @@ from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
 from django.db import transaction
 from django.dispatch import receiver
 
-from chat.billing import Price
+from chat.billing import Price, fit_history
 from chat.limits import refusal_for
 from chat.models import Conversation, Message, ModelPrice
 from chat.streams import (
@@ -171,6 +171,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             conversation_id, text, model
         )
         model = answer.model
+        room = settings.CHAT_CONTEXT_TOKENS - settings.CHAT_ANSWER_RESERVE_TOKENS
+        history, dropped = fit_history(history, max(room, 1))
+        if dropped:
+            logger.info("answer %s: %d oldest messages left out to fit", answer.id, dropped)
         if created:
             await self.send_json(
                 {
@@ -193,6 +197,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "state": Message.State.STREAMING,
                 "model": model,
             },
+            # Older messages left out of what the model sees, to fit its context window.
+            "history_dropped": dropped,
         }
         await self.send_json(start)
         await self.channel_layer.group_send(

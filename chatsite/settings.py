@@ -253,6 +253,10 @@ XAI_API_STYLE = envchoice(
 )
 CHAT_DEFAULT_MODEL = os.getenv("CHAT_DEFAULT_MODEL", "grok-4")
 CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 32000)
+# The history sent upstream is cut, oldest turns first, to fit the model's context window
+# less room for the answer (token counts estimated at 4 characters a token).
+CHAT_CONTEXT_TOKENS = envint("CHAT_CONTEXT_TOKENS", 131072)
+CHAT_ANSWER_RESERVE_TOKENS = envint("CHAT_ANSWER_RESERVE_TOKENS", 16384)
 # Reasoning models can think for minutes before the first token.
 UPSTREAM_CONNECT_TIMEOUT = envfloat("UPSTREAM_CONNECT_TIMEOUT", 10.0)
 UPSTREAM_FIRST_TOKEN_TIMEOUT = envfloat("UPSTREAM_FIRST_TOKEN_TIMEOUT", 600.0)

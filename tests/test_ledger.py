@@ -467,3 +467,36 @@ def test_deleting_a_conversation_keeps_what_it_cost(upstream, alice, client):
     row = Usage.objects.get()
     assert (row.user, row.total_tokens, row.conversation, row.message) == (alice, 10, None, None)
     assert UsageDay.objects.get().total_tokens == 10
+
+
+async def test_the_history_is_cut_to_the_context_window_and_the_user_told(
+    upstream, alice, socket_for, settings
+):
+    settings.CHAT_CONTEXT_TOKENS = 1000
+    settings.CHAT_ANSWER_RESERVE_TOKENS = 200  # 800 tokens, about 3,200 characters, of history
+    socket = await socket_for(alice)
+    first, _ = await _ask(socket, text="a" * 1600)
+    conversation_id = first["conversation_id"]
+    await _ask(socket, text="b" * 1600, conversation_id=conversation_id)
+    await socket.send(type="send", content="c" * 400, conversation_id=conversation_id)
+    start, _ = await socket.until("message.start")
+    await socket.until("message.end")
+    body = upstream.stream_requests()[-1].json()
+    # The first question and its answer no longer fit: the newest turns are sent, oldest out.
+    assert [m["content"][:1] for m in body["messages"]] == ["b", "O", "c"]
+    assert start["history_dropped"] == 2
+    row = (await _rows(message_id=start["message"]["id"]))[0]
+    assert row.source == Usage.Source.REPORTED
+
+
+def test_fitting_the_history_keeps_the_newest_turn_and_starts_with_a_question():
+    from chat.billing import fit_history
+
+    turns = [
+        {"role": "user", "content": "q" * 400},
+        {"role": "assistant", "content": "a" * 400},
+        {"role": "user", "content": "x" * 4000},
+    ]
+    assert fit_history(turns, 10_000) == (turns, 0)
+    assert fit_history(turns, 1105) == ([turns[2]], 2)  # the answer alone would fit
+    assert fit_history(turns, 5) == ([turns[2]], 2)  # the question is always sent

@@ -513,6 +513,10 @@ function onMessageStart(frame) {
   }
   const user = frame.user_message;
   if (user && !findArticle(user.id)) appendArticle(buildUserArticle(user.id, user.content));
+  if (frame.history_dropped > 0) {
+    const count = frame.history_dropped;
+    showNotice(`The ${count} oldest message${count === 1 ? " was" : "s were"} left out so the conversation fits the model's context window.`);
+  }
   const answer = frame.message;
   const entry = entryFor(answer.id);
   entry.state = "streaming";
