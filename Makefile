@@ -1,5 +1,8 @@
 # The two commands of the README: `make run` and `make test`.
-PYTHON ?= python3
+# Python 3.12 where there is one: CPython 3.11.7 (python3 on our machines) can crash with
+# a segfault in its garbage collector when Daphne stops with websockets open.
+PYTHON ?= $(shell for p in python3.12 "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3 python3.13 python3; do \
+	"$$p" -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
