@@ -259,23 +259,6 @@ class ModelPrice(models.Model):
         return changed
 
 
-class UsageQuerySet(models.QuerySet):
-    def per_user(self):
-        return (
-            self.values("user__id", "user__username")
-            .annotate(
-                requests=Count("id"),
-                errors=Count("id", filter=Q(outcome=Message.State.ERROR)),
-                prompt_tokens=Sum("prompt_tokens"),
-                cached_prompt_tokens=Sum("cached_prompt_tokens"),
-                completion_tokens=Sum("completion_tokens"),
-                reasoning_tokens=Sum("reasoning_tokens"),
-                total_tokens=Sum("total_tokens"),
-            )
-            .order_by("user__username")
-        )
-
-
 class Usage(models.Model):
     """One row per upstream request, whatever its end: the ledger.
 
@@ -332,8 +315,6 @@ class Usage(models.Model):
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     raw_usage = models.JSONField(null=True, blank=True)
-
-    objects = UsageQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "usage"
