@@ -1,0 +1,52 @@
+"""The page reconnects by itself once the server is back, in headless Chromium."""
+
+from __future__ import annotations
+
+import signal
+
+from playwright.sync_api import Page, expect
+
+from tests.fake_upstream import FakeUpstream, slow_stream
+from tests.live import app_env, daphne_process, free_port, prepare_database
+from tests.test_browser import (  # noqa: F401
+    browser,
+    log_in,
+    page,
+    pytestmark,
+    wait_ready,
+    wait_until,
+)
+
+__all__ = ["pytestmark"]
+
+
+def test_the_page_reconnects_when_the_server_comes_back_and_learns_how_the_answer_ended(
+    page: Page,  # noqa: F811 (the fixture imported above)
+    fake_upstream_server: FakeUpstream,
+    tmp_path,
+) -> None:
+    env = app_env(tmp_path, fake_upstream_server.base_url)
+    prepare_database(env)
+    port = free_port()
+    fake_upstream_server.queue(slow_stream(count=400, delay=0.02, text="tick "))
+    with daphne_process(env, tmp_path / "first.log", port=port) as (url, process):
+        log_in(page, url, "alice", "alice-password-1")
+        wait_ready(page)
+        page.fill("#prompt", "Count while I restart the server")
+        page.keyboard.press("Enter")
+        answer = page.locator("article.message[data-role=assistant]").last
+        expect(answer.locator(".content")).to_contain_text("tick")
+        process.send_signal(signal.SIGTERM)  # a deploy: the answer ends as interrupted
+        expect(answer).to_have_attribute("data-state", "interrupted")
+        process.wait(15)
+    expect(page.locator("#connection-status")).to_contain_text("Reconnecting")
+
+    with daphne_process(env, tmp_path / "second.log", port=port):
+        # The page reconnects on its own, with backoff (at most 10 s between tries).
+        wait_until(page, "window.__chatReady === true", timeout=30)
+        expect(page.locator("#connection-status")).to_be_hidden()
+        page.fill("#prompt", "Are you back?")
+        page.keyboard.press("Enter")
+        last = page.locator("article.message[data-role=assistant]").last
+        expect(last).to_have_attribute("data-state", "complete")
+        expect(last.locator(".content")).to_contain_text("Olá")
