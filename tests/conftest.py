@@ -6,8 +6,10 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from chat.consumers import ChatConsumer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.fake_upstream import FakeUpstream
 
 # Tests serve static files from the source tree, whatever collectstatic left behind.
@@ -35,6 +37,27 @@ def upstream(fake_upstream_server: FakeUpstream, settings) -> Iterator[FakeUpstr
     settings.UPSTREAM_MAX_RETRIES = 0
     yield fake_upstream_server
     fake_upstream_server.reset()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium per test module (the browser tests' modules are sync)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, fake_upstream_server: FakeUpstream) -> Iterator[Page]:
+    fake_upstream_server.reset()
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], errors
 
 
 @pytest.fixture

@@ -146,3 +146,19 @@ def prepare_database(env: dict[str, str], *, staff: bool = False) -> None:
     if staff:
         script += "User.objects.create_superuser('staff', password='staff-password-1')"
     manage(env, "shell", "-c", script)
+
+
+def session_cookie(url: str, username: str, password: str) -> str:
+    """Log in through the login form; the Cookie header of that session."""
+    with httpx.Client(base_url=url) as client:
+        client.get("/accounts/login/")
+        response = client.post(
+            "/accounts/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            },
+        )
+        assert response.status_code == 302, response.text
+        return f"sessionid={client.cookies['sessionid']}"

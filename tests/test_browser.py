@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
+from tests.browser import log_in, needs_chromium, wait_ready, wait_until
 from tests.fake_upstream import FakeUpstream, Reply, slow_stream, transcript
 from tests.live import app_env, daphne, prepare_database
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -36,39 +25,6 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, fake_upstream_server: FakeUpstream) -> Iterator[Page]:
-    fake_upstream_server.reset()
-    context = browser.new_context()
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert errors == [], errors
-
-
-def wait_until(page: Page, expression: str, timeout: float = 10) -> None:
-    """Poll a page expression from here: page.wait_for_function evaluates strings with
-    eval inside the page, which our Content-Security-Policy (rightly) forbids."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.05)
-
-
-def wait_ready(page: Page) -> None:
-    wait_until(page, "window.__chatReady === true")
-
-
 def ask_and_wait(page: Page, live: str, prompt: str) -> Locator:
     """Log alice in, send `prompt` with Enter, and return the answer once complete."""
     log_in(page, live, "alice", "alice-password-1")
@@ -78,15 +34,6 @@ def ask_and_wait(page: Page, live: str, prompt: str) -> Locator:
     assistant = page.locator("article.message[data-role=assistant]").last
     expect(assistant).to_have_attribute("data-state", "complete", timeout=10_000)
     return assistant
-
-
-def log_in(page: Page, live: str, username: str, password: str) -> None:
-    page.goto(live + "/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    with page.expect_navigation():
-        page.click("form.stacked-form button[type=submit]")
-    assert "/accounts/login/" not in page.url, page.content()[:2000]
 
 
 def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(

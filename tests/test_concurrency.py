@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fake_upstream import FakeUpstream, Reply, transcript
-from tests.live import app_env, daphne, manage, prepare_database
-from tests.test_processes import _connect, _frames_until, session_cookie
+from tests.live import app_env, daphne, manage, prepare_database, session_cookie
+from tests.test_processes import _connect, _frames_until
 
 STREAMS = 20
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from tests.browser import log_in, needs_chromium, wait_until
 from tests.fake_upstream import FakeUpstream, Reply, chunk, json_reply
 from tests.live import app_env, daphne, prepare_database
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, log_in, wait_until
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+pytestmark = needs_chromium
 
 END = "END-OF-ANSWER"
 
@@ -172,14 +171,6 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 class Watch:
     """What the page did that it should not have: dialogs, errors, CSP reports, requests
     to anywhere but the app (those are aborted, so nothing leaves the machine)."""
@@ -240,7 +231,8 @@ def stream_of(text: str, size: int = 9, **chunk_fields) -> Reply:
     events = [chunk(text[i : i + size], **chunk_fields) for i in range(0, len(text), size)]
     events += [chunk(finish="stop", **chunk_fields)]
     pieces = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
-    return Reply(pieces=pieces, delay=0.01)
+    # At least a second of streaming, so that short cases are checked mid-stream too.
+    return Reply(pieces=pieces, delay=max(0.01, 1.0 / len(pieces)))
 
 
 def inspect(page: Page) -> list[str]:

@@ -17,7 +17,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.fake_upstream import FakeUpstream
-from tests.live import ROOT, app_env, daphne, manage, prepare_database
+from tests.live import ROOT, app_env, daphne, manage, prepare_database, session_cookie
 
 MAX_CHARS = 32000  # the default CHAT_MAX_MESSAGE_CHARS, which the live app runs with
 
@@ -31,21 +31,6 @@ class Live:
     staff: str
     conversation_id: int
     alice_id: int
-
-
-def session_cookie(url: str, username: str, password: str) -> str:
-    with httpx.Client(base_url=url) as client:
-        client.get("/accounts/login/")
-        response = client.post(
-            "/accounts/login/",
-            data={
-                "username": username,
-                "password": password,
-                "csrfmiddlewaretoken": client.cookies["csrftoken"],
-            },
-        )
-        assert response.status_code == 302, response.text
-        return f"sessionid={client.cookies['sessionid']}"
 
 
 @pytest.fixture(scope="module")

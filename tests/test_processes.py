@@ -7,12 +7,11 @@ import json
 import socket
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import websockets
 
 from tests.fake_upstream import FakeUpstream, Reply, chunk, slow_stream, sse
-from tests.live import app_env, daphne, postgres_url, prepare_database
+from tests.live import app_env, daphne, postgres_url, prepare_database, session_cookie
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -46,18 +45,6 @@ def two_processes(
     prepare_database(env)
     with daphne(env, tmp / "a.log") as a, daphne(env, tmp / "b.log") as b:
         yield [a, b]
-
-
-def session_cookie(url: str, username: str, password: str) -> str:
-    with httpx.Client(base_url=url) as client:
-        client.get("/accounts/login/")
-        token = client.cookies["csrftoken"]
-        response = client.post(
-            "/accounts/login/",
-            data={"username": username, "password": password, "csrfmiddlewaretoken": token},
-        )
-        assert response.status_code == 302, response.text
-        return f"sessionid={client.cookies['sessionid']}"
 
 
 async def _frames_until(ws, kind: str, timeout: float = 10) -> tuple[dict, list[dict]]:

@@ -6,22 +6,15 @@ import signal
 
 from playwright.sync_api import Page, expect
 
+from tests.browser import log_in, needs_chromium, wait_ready, wait_until
 from tests.fake_upstream import FakeUpstream, slow_stream
 from tests.live import app_env, daphne_process, free_port, prepare_database
-from tests.test_browser import (  # noqa: F401
-    browser,
-    log_in,
-    page,
-    pytestmark,
-    wait_ready,
-    wait_until,
-)
 
-__all__ = ["pytestmark"]
+pytestmark = needs_chromium
 
 
 def test_the_page_reconnects_when_the_server_comes_back_and_learns_how_the_answer_ended(
-    page: Page,  # noqa: F811 (the fixture imported above)
+    page: Page,
     fake_upstream_server: FakeUpstream,
     tmp_path,
 ) -> None:

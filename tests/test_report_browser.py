@@ -9,14 +9,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from chat.billing import ticks_to_usd
+from tests.browser import log_in, needs_chromium
 from tests.fake_upstream import FakeUpstream
 from tests.live import app_env, daphne, manage, prepare_database
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, log_in
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+pytestmark = needs_chromium
 
 # (user, days ago, model, prompt, completion, reasoning, cost in ticks)
 SEED = [
@@ -62,14 +62,6 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     manage(env, "shell", "-c", SEED_SCRIPT.format(seed=SEED))
     with daphne(env, tmp / "daphne.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.fake_upstream import FakeUpstream, Reply, chunk, json_reply, sse
-from tests.live import ROOT, app_env, daphne, prepare_database
+from tests.live import ROOT, app_env, daphne, prepare_database, session_cookie
 
 KEY = "xai-TESTKEY-0123456789abcdef"
 # Any piece of it that would be a leak: the key is distinctive, so is this part of it.
@@ -92,21 +92,6 @@ class Live:
     log: Path
     alice: str
     staff: str
-
-
-def session_cookie(url: str, username: str, password: str) -> str:
-    with httpx.Client(base_url=url) as client:
-        client.get("/accounts/login/")
-        response = client.post(
-            "/accounts/login/",
-            data={
-                "username": username,
-                "password": password,
-                "csrfmiddlewaretoken": client.cookies["csrftoken"],
-            },
-        )
-        assert response.status_code == 302, response.text
-        return f"sessionid={client.cookies['sessionid']}"
 
 
 @pytest.fixture(scope="module")

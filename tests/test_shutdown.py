@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from tests.fake_upstream import FakeUpstream, slow_stream
-from tests.live import app_env, daphne_process, manage, prepare_database
-from tests.test_processes import _connect, _frames_until, session_cookie
+from tests.live import app_env, daphne_process, manage, prepare_database, session_cookie
+from tests.test_processes import _connect, _frames_until
 
 LEDGER = """
 import json

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream, slow_stream
 from tests.live import app_env, daphne, manage, prepare_database
-from tests.test_browser import browser, log_in, page, pytestmark, wait_ready  # noqa: F401
 
-__all__ = ["pytestmark"]
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
 
 
 def test_a_stopped_answer_says_its_usage_is_estimated_and_the_budget_refuses_the_next(
-    page: Page,  # noqa: F811 (the fixture imported above)
+    page: Page,
     live: str,
     fake_upstream_server: FakeUpstream,
 ) -> None:
@@ -61,7 +61,7 @@ def test_a_stopped_answer_says_its_usage_is_estimated_and_the_budget_refuses_the
 
 
 def test_a_complete_answer_shows_its_reported_cost(
-    page: Page,  # noqa: F811 (the fixture imported above)
+    page: Page,
     live: str,
     fake_upstream_server: FakeUpstream,
 ) -> None:

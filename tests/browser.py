@@ -1,0 +1,50 @@
+"""Helpers for the browser tests: Debian's Chromium driven by Playwright's sync API.
+
+The `browser` fixture (one Chromium per test module) and the `page` fixture (a fresh
+context, failing the test on any uncaught error in the page) are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make chromium)"
+)
+
+
+def wait_until(page: Page, expression: str, timeout: float = 10) -> None:
+    """Poll a page expression from here: page.wait_for_function evaluates strings with
+    eval inside the page, which our Content-Security-Policy (rightly) forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
+def wait_ready(page: Page) -> None:
+    wait_until(page, "window.__chatReady === true")
+
+
+def log_in(page: Page, live: str, username: str, password: str) -> None:
+    page.goto(live + "/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    with page.expect_navigation():
+        page.click("form.stacked-form button[type=submit]")
+    assert "/accounts/login/" not in page.url, page.content()[:2000]
