@@ -39,11 +39,21 @@ def main(argv: list[str] | None = None) -> int:
         "on a core of its own when there are two or more)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample Daphne with py-spy during the largest relay run of each relay scenario "
+        "and write the stacks and their summary to DIR (the figures of such a run are "
+        "slightly slowed by the sampling)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
     harness.OPTIONS["pin"] = not args.no_pin
+    harness.OPTIONS["profile_dir"] = args.profile
+    harness.OPTIONS["quick"] = args.quick
+    print(harness.machine(), flush=True)
     if not harness.have_psutil():
         print("!! psutil is not installed: CPU and memory figures are left out", flush=True)
     started = time.monotonic()
@@ -51,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.scenarios or list(SCENARIOS):
         failures += SCENARIOS[name](quick=args.quick)
     _print_summary(time.monotonic() - started)
+    print(f"load average at the end: {harness.load()}")
     if args.json:
         harness.write_json(args.json)
     if failures:

@@ -44,20 +44,58 @@ from tests.live import app_env, daphne_process, manage  # noqa: E402
 
 # -- options shared by every scenario (set by bench.__main__) ---------------------------
 
-OPTIONS: dict[str, Any] = {"pin": True}
+OPTIONS: dict[str, Any] = {"pin": True, "quick": False, "profile_dir": None}
 # Rows of the closing summary: (scenario, figure, value, target, verdict).
 SUMMARY: list[tuple[str, str, str, str, str]] = []
 # Every scenario's figures, written as JSON with --json.
 RESULTS: dict[str, Any] = {}
+# Profile summaries by name (--profile).
+PROFILES: dict[str, str] = {}
 
 
 def have_psutil() -> bool:
     return find_spec("psutil") is not None
 
 
-def summary(scenario: str, figure: str, value: str, target: str = "", held: bool | None = None):
+def summary(
+    scenario: str,
+    figure: str,
+    value: str,
+    target: str = "",
+    held: bool | None = None,
+    timing: bool = True,
+) -> None:
+    """A row of the closing table. Timing targets get no verdict in quick mode, whose sizes
+    are not the targets' sizes."""
+    if timing and OPTIONS.get("quick"):
+        held = None
+        target = f"({target} at full size)" if target else ""
     verdict = "" if held is None else ("held" if held else "MISSED")
     SUMMARY.append((scenario, figure, value, target, verdict))
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews timings."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    plan = cpu_plan()
+    pinning = (
+        f"Daphne on CPU {sorted(plan[0])}, client and upstream on {sorted(plan[1])}"
+        if plan
+        else "no CPU pinning"
+    )
+    return (
+        f"machine: {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}; "
+        f"{pinning}; load average {load()}"
+    )
 
 
 # -- arithmetic --------------------------------------------------------------------------

@@ -103,6 +103,7 @@ def _print(r: dict) -> int:
             " / ".join(map(str, counts)),
             "constant",
             flat,
+            timing=False,
         )
     print(f"target: <= {TARGET_MS} ms server time, constant queries")
     print()

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import summary
+
 ROOT = Path(__file__).resolve().parent.parent
 USERS, MODELS, DAYS = 50, ("grok-4", "grok-4-fast", "grok-3-mini", "grok-code-fast-1"), 90
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -40,6 +42,15 @@ def main(quick: bool = False) -> int:
     else:
         print("!! PostgreSQL does not answer on 127.0.0.1:5432: its row is skipped", flush=True)
     _print(results, rows)
+    for result in results:
+        timing = result["pages"].get("admin report, 90 days", {})
+        if isinstance(timing.get("queries"), int):
+            summary(
+                "6 report",
+                f"admin report, 90 days, {rows:,} rows, {result['database']}",
+                f"p50 {timing['p50_ms']:.0f} ms, p99 {timing['p99_ms']:.0f} ms, "
+                f"{timing['queries']} queries",
+            )
     return 0
 
 

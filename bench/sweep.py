@@ -37,6 +37,7 @@ from bench.harness import (
     relay_rig,
     summary,
 )
+from bench.profile import profiled
 
 NAME = "3 sweep"
 RATE = 20.0  # chunks per second per stream
@@ -53,7 +54,9 @@ def main(quick: bool = False) -> int:
     with relay_rig(users=20) as (upstream, app, app_cpus):
         for n in levels:
             with app.serve(app_cpus):
-                level = asyncio.run(_level(upstream, app, n, seconds, spread))
+                level = asyncio.run(
+                    _level(upstream, app, n, seconds, spread, profile=n == levels[-1])
+                )
             results[n] = level
             errors += level["errors"]
             _print_level(n, level)
@@ -93,7 +96,9 @@ def _delays(answers: list, direct_read: bool, chunks: int, errors: list[str], ki
     return delays, lag
 
 
-async def _level(upstream, app, n: int, seconds: float, spread: float) -> dict:
+async def _level(
+    upstream, app, n: int, seconds: float, spread: float, profile: bool = False
+) -> dict:
     chunks = int(seconds * RATE)
     text = ask_text(chunks, RATE)
     errors: list[str] = []
@@ -115,7 +120,8 @@ async def _level(upstream, app, n: int, seconds: float, spread: float) -> dict:
 
     if meter:
         meter.start()
-    answers, wall = await _run(n, spread, lambda i: tabs[i].ask(text, new=True))
+    with profiled(app.pid if profile else 0, f"sweep-{n}-streams"):
+        answers, wall = await _run(n, spread, lambda i: tabs[i].ask(text, new=True))
     if meter:
         meter.stop()
         out["relay_cpu_percent"] = {k: meter.percent(k) for k in meter.procs}
@@ -212,4 +218,5 @@ def _print(results: dict, seconds: float) -> None:
         "none" if not errors else str(len(errors)),
         "none",
         not errors,
+        timing=False,
     )

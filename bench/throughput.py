@@ -29,6 +29,7 @@ from bench.harness import (
     relay_rig,
     summary,
 )
+from bench.profile import profiled
 
 NAME = "1 throughput"
 
@@ -57,33 +58,34 @@ async def _measure(upstream, app, chunks: int, runs: int) -> dict:
     async with direct_client(4) as client:
         await tab.ask(ask_text(50), new=True)  # warm: the day's totals, the pools
         await direct(client, upstream.base_url, ask_text(50))
-        for run in range(runs):
-            order = ("direct", "relay") if run % 2 == 0 else ("relay", "direct")
-            durations = {}
-            for kind in order:
-                if kind == "direct":
-                    with client_anywhere():
-                        got = await direct(client, upstream.base_url, ask_text(chunks))
-                    seen = got.chunks(direct=True)
-                else:
-                    if meter:
-                        meter.start()
-                    got = await tab.ask(ask_text(chunks), new=True)
-                    if meter:
-                        meter.stop()
-                        relay_wall += meter.wall
-                        for name in cpu:
-                            cpu[name] += meter.cpu[name]
-                    seen = got.chunks(direct=False)
-                    frames.append(len(got.frames))
-                    errors += _check_saved(app, got)
-                problem = check_order(seen, chunks)
-                if problem:
-                    errors.append(f"{kind} run {run}: {problem}")
-                durations[kind] = seen[-1][2] - got.sent if seen else float("inf")
-            direct_rates.append(chunks / durations["direct"])
-            relay_rates.append(chunks / durations["relay"])
-            ratios.append(durations["direct"] / durations["relay"])
+        with profiled(app.pid, "throughput"):
+            for run in range(runs):
+                order = ("direct", "relay") if run % 2 == 0 else ("relay", "direct")
+                durations = {}
+                for kind in order:
+                    if kind == "direct":
+                        with client_anywhere():
+                            got = await direct(client, upstream.base_url, ask_text(chunks))
+                        seen = got.chunks(direct=True)
+                    else:
+                        if meter:
+                            meter.start()
+                        got = await tab.ask(ask_text(chunks), new=True)
+                        if meter:
+                            meter.stop()
+                            relay_wall += meter.wall
+                            for name in cpu:
+                                cpu[name] += meter.cpu[name]
+                        seen = got.chunks(direct=False)
+                        frames.append(len(got.frames))
+                        errors += _check_saved(app, got)
+                    problem = check_order(seen, chunks)
+                    if problem:
+                        errors.append(f"{kind} run {run}: {problem}")
+                    durations[kind] = seen[-1][2] - got.sent if seen else float("inf")
+                direct_rates.append(chunks / durations["direct"])
+                relay_rates.append(chunks / durations["relay"])
+                ratios.append(durations["direct"] / durations["relay"])
     await tab.close()
     return {
         "chunks": chunks,
@@ -148,4 +150,5 @@ def _print(r: dict) -> None:
         "none" if not r["errors"] else f"{len(r['errors'])} runs",
         "none",
         not r["errors"],
+        timing=False,
     )

@@ -30,6 +30,7 @@ from bench.harness import (
     relay_rig,
     summary,
 )
+from bench.profile import profiled
 
 NAME = "2 ttft"
 CHUNKS = 3  # a short answer: what is timed is its first chunk
@@ -61,30 +62,36 @@ async def _measure(upstream, app, rounds: dict[int, int]) -> dict:
         for n, count in rounds.items():
             relay, reference = [], []
             cpu, wall = 0.0, 0.0
-            for run in range(count):
-                for kind in ("direct", "relay") if run % 2 == 0 else ("relay", "direct"):
-                    if kind == "direct":
-                        with client_anywhere():
-                            got = await asyncio.gather(
-                                *(
-                                    direct(client, upstream.base_url, ask_text(CHUNKS))
-                                    for _ in range(n)
+            profile = app.pid if n == most else 0
+            with profiled(profile, f"ttft-{n}-streams"):
+                for run in range(count):
+                    for kind in ("direct", "relay") if run % 2 == 0 else ("relay", "direct"):
+                        if kind == "direct":
+                            with client_anywhere():
+                                got = await asyncio.gather(
+                                    *(
+                                        direct(client, upstream.base_url, ask_text(CHUNKS))
+                                        for _ in range(n)
+                                    )
                                 )
+                        else:
+                            if meter:
+                                meter.start()
+                            got = await asyncio.gather(
+                                *(tab.ask(ask_text(CHUNKS)) for tab in tabs[:n])
                             )
-                    else:
-                        if meter:
-                            meter.start()
-                        got = await asyncio.gather(*(tab.ask(ask_text(CHUNKS)) for tab in tabs[:n]))
-                        if meter:
-                            meter.stop()
-                            cpu, wall = cpu + meter.cpu["daphne"], wall + meter.wall
-                    for answer in got:
-                        seen = answer.chunks(direct=kind == "direct")
-                        problem = check_order(seen, CHUNKS)
-                        if problem:
-                            errors.append(f"{kind}, {n} streams: {problem}")
-                            continue
-                        (relay if kind == "relay" else reference).append(seen[0][2] - answer.sent)
+                            if meter:
+                                meter.stop()
+                                cpu, wall = cpu + meter.cpu["daphne"], wall + meter.wall
+                        for answer in got:
+                            seen = answer.chunks(direct=kind == "direct")
+                            problem = check_order(seen, CHUNKS)
+                            if problem:
+                                errors.append(f"{kind}, {n} streams: {problem}")
+                                continue
+                            (relay if kind == "relay" else reference).append(
+                                seen[0][2] - answer.sent
+                            )
             levels[n] = {
                 "relay_s": relay,
                 "direct_s": reference,
@@ -133,4 +140,5 @@ def _print(r: dict) -> None:
         "none" if not r["errors"] else str(len(r["errors"])),
         "none",
         not r["errors"],
+        timing=False,
     )
