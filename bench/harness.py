@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -320,17 +321,29 @@ class App:
 
 @contextlib.contextmanager
 def relay_rig(users: int = 20, **extra: str) -> Iterator[tuple[UpstreamProcess, App, Any]]:
-    """The upstream and a prepared app (not yet served); yields (upstream, app, app CPUs)."""
+    """The upstream and a prepared app (not yet served); yields (upstream, app, app CPUs).
+
+    The client's garbage collector is off meanwhile (scenarios call quiet() between runs):
+    a full collection over the arrival records of a large run pauses the client for tens of
+    milliseconds, which would show up as delivery delay of the relay and the reference.
+    """
     raise_fd_limit()
     plan = cpu_plan()
     app_cpus, load_cpus = plan if plan else (None, None)
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp, pinned_self(load_cpus):
         upstream = UpstreamProcess(load_cpus)
+        gc.disable()
         try:
             app = App.prepare(Path(tmp), upstream, users=users, **extra)
             yield upstream, app, app_cpus
         finally:
+            gc.enable()
             upstream.close()
+
+
+def quiet() -> None:
+    """Collect the client's garbage now, between measurements."""
+    gc.collect()
 
 
 # -- streams and what arrived ------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from bench import harness
 from bench.harness import ROOT, UpstreamProcess, summary
@@ -50,6 +51,8 @@ def main(quick: bool = False) -> int:
                 XAI_API_KEY="xai-bench-key",
                 DJANGO_LOG_LEVEL="WARNING",
             )
+            if harness.OPTIONS.get("profile_dir"):
+                env["BENCH_PROFILE_DIR"] = str(Path(harness.OPTIONS["profile_dir"]).resolve())
             spec = json.dumps(
                 {"messages": messages, "conversations": conversations, "repeat": repeat}
             )
@@ -68,6 +71,12 @@ def main(quick: bool = False) -> int:
         raise RuntimeError("the pages worker failed")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     harness.RESULTS["pages"] = result
+    if harness.OPTIONS.get("profile_dir"):
+        for name in ("pages-index", "pages-conversation"):
+            path = Path(harness.OPTIONS["profile_dir"]) / f"{name}.summary.txt"
+            if path.exists():
+                harness.PROFILES[name] = path.read_text()
+                print(harness.PROFILES[name])
     return _print(result)
 
 
@@ -130,6 +139,9 @@ def _worker(spec: dict) -> None:
 
     import django
 
+    from bench.profile import profiled
+
+    harness.OPTIONS["profile_dir"] = os.environ.get("BENCH_PROFILE_DIR")
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
@@ -214,16 +226,17 @@ def _worker(spec: dict) -> None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
 
-    def measure(client: Client, url: str) -> dict:
+    def measure(client: Client, url: str, profile: str = "") -> dict:
         client.get(url)  # warm: templates, the model list
         samples, queries, size = [], 0, 0
-        for _ in range(spec["repeat"]):
-            with CaptureQueriesContext(connection) as captured:
-                started = time.perf_counter()
-                response = client.get(url)
-                samples.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200, (url, response.status_code)
-            queries, size = len(captured), len(response.content)
+        with profiled(os.getpid() if profile else 0, profile):
+            for _ in range(spec["repeat"]):
+                with CaptureQueriesContext(connection) as captured:
+                    started = time.perf_counter()
+                    response = client.get(url)
+                    samples.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200, (url, response.status_code)
+                queries, size = len(captured), len(response.content)
         ordered = sorted(samples)
         return {
             "p50_ms": statistics.median(ordered),
@@ -241,7 +254,7 @@ def _worker(spec: dict) -> None:
                 "group": "index",
                 "size": count,
                 "page": f"index, sidebar over {count:,} conversations",
-                **measure(client, "/"),
+                **measure(client, "/", "pages-index" if count == max(sidebar_users) else ""),
             }
         )
     client = Client()
@@ -252,7 +265,11 @@ def _worker(spec: dict) -> None:
                 "group": "conversation",
                 "size": count,
                 "page": f"conversation of {count:,} messages",
-                **measure(client, f"/c/{conversation.id}/"),
+                **measure(
+                    client,
+                    f"/c/{conversation.id}/",
+                    "pages-conversation" if count == max(long_conversations) else "",
+                ),
             }
         )
     print(json.dumps({"repeat": spec["repeat"], "pages": pages}))

@@ -106,11 +106,75 @@ def _frames(stack: str) -> list[tuple[str, str]]:
     return out
 
 
+# What a sample was doing: the first rule to match a frame, from the running frame outwards.
+ACTIVITIES = (
+    ("_clean_expired", "channel layer: InMemoryChannelLayer._clean_expired"),
+    ("get_new_connection", "database: opening connections"),
+    ("BaseDatabaseWrapper.connect", "database: opening connections"),
+    ("BaseDatabaseWrapper._close", "database: closing connections"),
+    ("BaseDatabaseWrapper.close", "database: closing connections"),
+    ("django/db/", "database: queries (ORM and SQLite)"),
+    ("channels/layers.py", "channel layer: the rest (group_send, receive, copies, tasks)"),
+    ("django/template", "templates"),
+    ("send_json", "websocket frames out (channels, Daphne, autobahn, Twisted)"),
+    ("channels/generic/websocket.py", "websocket frames out (channels, Daphne, autobahn, Twisted)"),
+    ("daphne/", "Daphne, autobahn and Twisted (frames in and out, connections)"),
+    ("autobahn/", "Daphne, autobahn and Twisted (frames in and out, connections)"),
+    ("twisted/", "Daphne, autobahn and Twisted (frames in and out, connections)"),
+    ("httpx_sse/", "upstream: HTTP read and SSE parse (httpx, httpcore, h11, anyio)"),
+    ("httpcore/", "upstream: HTTP read and SSE parse (httpx, httpcore, h11, anyio)"),
+    ("httpx/", "upstream: HTTP read and SSE parse (httpx, httpcore, h11, anyio)"),
+    ("h11/", "upstream: HTTP read and SSE parse (httpx, httpcore, h11, anyio)"),
+    ("anyio/", "upstream: HTTP read and SSE parse (httpx, httpcore, h11, anyio)"),
+    ("asyncio/timeouts.py", "asyncio.timeout_at around each upstream read"),
+    ("chat/upstream.py", "app: chat/upstream.py"),
+    ("chat/streams.py", "app: chat/streams.py"),
+    ("chat/consumers.py", "app: chat/consumers.py"),
+    ("django/", "Django (request handling, middleware)"),
+    ("channels/", "channels (consumer dispatch)"),
+    ("asgiref/", "asgiref (sync_to_async hand-offs)"),
+)
+
+
+# Frames under every sample of a thread: they say nothing of what it was doing.
+ROOTS = {
+    "_run_module_as_main",
+    "_run_code",
+    "<module>",
+    "CommandLineInterface.entrypoint",
+    "CommandLineInterface.run",
+    "Server.run",
+    "AsyncioSelectorReactor.run",
+    "BaseEventLoop.run_forever",
+    "BaseEventLoop._run_once",
+    "Handle._run",
+    "Context.run",
+    "_worker",
+    "Thread.run",
+    "Thread._bootstrap_inner",
+    "Thread._bootstrap",
+}
+
+
+def activity(frames: list[tuple[str, str]], thread: str) -> str:
+    for func, file in reversed(frames):
+        if func in ROOTS:
+            continue
+        where = f"{func} {file}"
+        for key, label in ACTIVITIES:
+            if key in where:
+                return label
+    if thread.startswith("ThreadPoolExecutor"):
+        return "database thread: waiting for work, hand-offs"
+    return "the rest: event loop (selectors, callbacks, wake-ups) and other"
+
+
 def summarise(path: Path, top: int = 22) -> str:
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    activities: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -120,6 +184,7 @@ def summarise(path: Path, top: int = 22) -> str:
         total += n
         head, _, _ = stack.partition(";")
         name = head.partition("): ")[2].strip() or head.strip()
+        activities[activity(_frames(stack), name)] += n
         if name == "MainThread":
             name = "MainThread (the event loop)"
         elif name.startswith("ThreadPoolExecutor"):
@@ -148,6 +213,8 @@ def summarise(path: Path, top: int = 22) -> str:
         lines.append(
             "  by thread: " + ", ".join(f"{k} {share(v)}" for k, v in threads.most_common())
         )
+    lines.append("  by activity (what the running frame was part of):")
+    lines += [f"    {share(n)}  {name}" for name, n in activities.most_common()]
     lines.append("  self time by package:")
     lines += [f"    {share(n)}  {name}" for name, n in packages.most_common(12)]
     lines.append("  self time by function:")

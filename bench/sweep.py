@@ -34,6 +34,7 @@ from bench.harness import (
     ms,
     open_tabs,
     pct,
+    quiet,
     relay_rig,
     summary,
 )
@@ -118,6 +119,7 @@ async def _level(
     connect_s = time.monotonic() - connect_started
     out: dict = {"streams": n, "chunks_per_stream": chunks, "connect_s": connect_s}
 
+    quiet()
     if meter:
         meter.start()
     with profiled(app.pid if profile else 0, f"sweep-{n}-streams"):
@@ -133,6 +135,7 @@ async def _level(
     await close_tabs(tabs)
 
     async with direct_client(n + 10) as client:
+        quiet()
         if meter:
             meter.start()
         with client_anywhere():

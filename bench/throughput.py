@@ -26,6 +26,7 @@ from bench.harness import (
     direct_client,
     have_psutil,
     pct,
+    quiet,
     relay_rig,
     summary,
 )
@@ -63,6 +64,7 @@ async def _measure(upstream, app, chunks: int, runs: int) -> dict:
                 order = ("direct", "relay") if run % 2 == 0 else ("relay", "direct")
                 durations = {}
                 for kind in order:
+                    quiet()
                     if kind == "direct":
                         with client_anywhere():
                             got = await direct(client, upstream.base_url, ask_text(chunks))

@@ -27,6 +27,7 @@ from bench.harness import (
     ms,
     open_tabs,
     pct,
+    quiet,
     relay_rig,
     summary,
 )
@@ -62,8 +63,8 @@ async def _measure(upstream, app, rounds: dict[int, int]) -> dict:
         for n, count in rounds.items():
             relay, reference = [], []
             cpu, wall = 0.0, 0.0
-            profile = app.pid if n == most else 0
-            with profiled(profile, f"ttft-{n}-streams"):
+            quiet()
+            with profiled(app.pid, f"ttft-{n}-streams"):
                 for run in range(count):
                     for kind in ("direct", "relay") if run % 2 == 0 else ("relay", "direct"):
                         if kind == "direct":
