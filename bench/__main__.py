@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         help="leave Daphne, the client and the upstream to the scheduler (default: Daphne "
         "on a core of its own when there are two or more)",
     )
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="run the relay scenarios (throughput, ttft, sweep) on PostgreSQL and Redis on "
+        "127.0.0.1 (a fresh database and Redis prefix) instead of SQLite and the in-memory "
+        "channel layer",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     parser.add_argument(
         "--profile",
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.OPTIONS["pin"] = not args.no_pin
     harness.OPTIONS["profile_dir"] = args.profile
     harness.OPTIONS["quick"] = args.quick
+    harness.OPTIONS["services"] = args.services
     print(harness.machine(), flush=True)
     if not harness.have_psutil():
         print("!! psutil is not installed: CPU and memory figures are left out", flush=True)

@@ -45,7 +45,10 @@ from tests.live import app_env, daphne_process, manage  # noqa: E402
 
 # -- options shared by every scenario (set by bench.__main__) ---------------------------
 
-OPTIONS: dict[str, Any] = {"pin": True, "quick": False, "profile_dir": None}
+OPTIONS: dict[str, Any] = {"pin": True, "quick": False, "profile_dir": None, "services": False}
+# --services: the relay scenarios on PostgreSQL and Redis, as in production.
+PG_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/13"
 # Rows of the closing summary: (scenario, figure, value, target, verdict).
 SUMMARY: list[tuple[str, str, str, str, str]] = []
 # Every scenario's figures, written as JSON with --json.
@@ -88,6 +91,11 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     plan = cpu_plan()
+    stores = (
+        "relay on PostgreSQL + Redis"
+        if OPTIONS.get("services")
+        else "relay on SQLite + in-memory channel layer"
+    )
     pinning = (
         f"Daphne on CPU {sorted(plan[0])}, client and upstream on {sorted(plan[1])}"
         if plan
@@ -95,7 +103,7 @@ def machine() -> str:
     )
     return (
         f"machine: {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}; "
-        f"{pinning}; load average {load()}"
+        f"{pinning}; {stores}; load average {load()}"
     )
 
 
@@ -304,6 +312,20 @@ class App:
         keys = json.loads(out.strip().splitlines()[-1])
         return cls(tmp=tmp, env=env, cookies=[f"sessionid={key}" for key in keys])
 
+    def saved_answer(self, message_id: int) -> tuple[str, str] | None:
+        """(content, state) of an answer as the app saved it."""
+        sql = "SELECT content, state FROM chat_message WHERE id = %s"
+        url = self.env.get("DATABASE_URL", "")
+        if url.startswith("postgres"):
+            import psycopg
+
+            with psycopg.connect(url.replace("postgres://", "postgresql://", 1)) as db:
+                return db.execute(sql, (message_id,)).fetchone()
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.env["SQLITE_PATH"])) as db:
+            return db.execute(sql.replace("%s", "?"), (message_id,)).fetchone()
+
     @contextlib.contextmanager
     def serve(self, cpus: set[int] | None) -> Iterator[App]:
         """Daphne on this database, pinned to `cpus`; a fresh process each time."""
@@ -330,6 +352,9 @@ def relay_rig(users: int = 20, **extra: str) -> Iterator[tuple[UpstreamProcess, 
     raise_fd_limit()
     plan = cpu_plan()
     app_cpus, load_cpus = plan if plan else (None, None)
+    if OPTIONS.get("services"):
+        # A fresh PostgreSQL database (dropped at exit) and a Redis prefix of its own.
+        extra = {"DATABASE_URL": PG_URL, "REDIS_URL": REDIS_URL, **extra}
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp, pinned_self(load_cpus):
         upstream = UpstreamProcess(load_cpus)
         gc.disable()

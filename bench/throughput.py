@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import statistics
 
 from bench.harness import RESULTS as ALL_RESULTS
@@ -104,10 +103,7 @@ async def _measure(upstream, app, chunks: int, runs: int) -> dict:
 def _check_saved(app, got) -> list[str]:
     """The answer the app saved is the text the tab received, complete."""
     text = "".join(json.loads(raw)["content"] for _, raw in got.frames)
-    with sqlite3.connect(app.env["SQLITE_PATH"]) as db:
-        row = db.execute(
-            "SELECT content, state FROM chat_message WHERE id = ?", (got.message_id,)
-        ).fetchone()
+    row = app.saved_answer(got.message_id)
     if got.end is None or got.end.get("state") != "complete":
         return [f"answer {got.message_id} ended {got.end}"]
     if row is None or row[1] != "complete" or row[0] != text:
