@@ -345,8 +345,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def chat_start(self, event: dict[str, Any]) -> None:
         if self._visible(event):
-            self.known[event["frame"]["message"]["id"]] = [0, 0]
-            await self.send_json(event["frame"])
+            frame = event["frame"]
+            self.known[frame["message"]["id"]] = [0, 0]
+            await self.send_json(frame)
+            # Tell the answer it is followed: it replies with a snapshot, then sends deltas.
+            await self.channel_layer.group_send(
+                control_group(frame["conversation_id"]),
+                {
+                    "type": "stream.snapshot",
+                    "message_id": frame["message"]["id"],
+                    "reply_to": self.channel_name,
+                },
+            )
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         if not self._visible(event):

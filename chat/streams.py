@@ -154,6 +154,13 @@ class AnswerRun:
         self.end_state: str | None = None  # set by stop() or shutdown before cancelling
         self.task: asyncio.Task[None] | None = None
         self.layer = get_channel_layer()
+        # The asking socket's frames: deltas read while the last frame went out are joined.
+        self._outbox = Delta()
+        self._outbox_ready = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
+        # The group's: only once another socket follows the answer (it asked for a snapshot).
+        self._watched = False
         self._pending = Delta()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
@@ -187,7 +194,7 @@ class AnswerRun:
         try:
             upstream = upstream_from_settings()
             async for delta in upstream.stream(self.answer, self.model, self.history):
-                await self._emit(delta)
+                self._emit(delta)
         except asyncio.CancelledError:
             # Stop, or shutdown: keep what arrived and record it below.
             if self.task is not None:
@@ -208,25 +215,46 @@ class AnswerRun:
 
     # -- helpers ---------------------------------------------------------------------
 
-    async def _emit(self, delta: Delta) -> None:
+    def _emit(self, delta: Delta) -> None:
         if self._send is not None:
-            frame = {
-                "type": "delta",
-                "message_id": self.message_id,
-                "content": delta.content,
-                "reasoning": delta.reasoning,
-            }
-            try:
-                await self._send(frame)
-            except Exception:  # the socket went away between two deltas
-                self._send = None
-                self.origin = None
+            self._outbox.content += delta.content
+            self._outbox.reasoning += delta.reasoning
+            self._outbox_ready.set()
+            if self._sender is None:
+                self._sender = asyncio.create_task(self._send_loop())
+        self._maybe_checkpoint()
+        if not self._watched:
+            # Nobody else follows: the text only moves the group's offsets along.
+            self._sent_to_group[0] += len(delta.content)
+            self._sent_to_group[1] += len(delta.reasoning)
+            return
         self._pending.content += delta.content
         self._pending.reasoning += delta.reasoning
-        self._maybe_checkpoint()
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(GROUP_FLUSH_SECONDS, self._schedule_flush)
+
+    async def _send_loop(self) -> None:
+        """Send the asking socket what arrived, as it arrives: the deltas read while the
+        previous frame went out go together in the next one (nothing waits for a timer)."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            out, self._outbox = self._outbox, Delta()
+            if (out.content or out.reasoning) and self._send is not None:
+                frame = {
+                    "type": "delta",
+                    "message_id": self.message_id,
+                    "content": out.content,
+                    "reasoning": out.reasoning,
+                }
+                try:
+                    await self._send(frame)
+                except Exception:  # the socket went away between two deltas
+                    self._send = None
+                    self.origin = None
+            if self._closing and not (self._outbox.content or self._outbox.reasoning):
+                return
 
     def _maybe_checkpoint(self) -> None:
         interval = settings.STREAM_CHECKPOINT_SECONDS
@@ -277,6 +305,7 @@ class AnswerRun:
             if request.get("type") == "stream.stop":
                 self.stop()
             elif request.get("type") == "stream.snapshot" and request.get("reply_to"):
+                self._watched = True
                 await self.layer.send(request["reply_to"], self.snapshot_event())
 
     def snapshot_event(self) -> dict[str, Any]:
@@ -291,6 +320,10 @@ class AnswerRun:
     async def _finish(self, state: str, error: str, started: float) -> None:
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
+        if self._sender is not None:  # the last deltas go out before message.end
+            self._closing = True
+            self._outbox_ready.set()
+            await asyncio.gather(self._sender, return_exceptions=True)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None

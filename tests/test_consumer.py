@@ -327,3 +327,45 @@ async def test_it_stores_usage_and_cost_exactly_as_xai_reported_them(upstream, a
     assert usage.cost_in_usd_ticks == 739000 and usage.reported
     assert usage.model == "grok-4-fast-reasoning" and usage.finish_reason == "stop"
     assert usage.raw_usage["num_sources_used"] == 0
+
+
+def _text(frames: list[dict]) -> str:
+    out = ""
+    for frame in frames:
+        if frame["type"] == "snapshot":
+            out = frame["content"]
+        elif frame["type"] == "delta":
+            out += frame["content"]
+    return out
+
+
+async def test_deltas_read_together_go_out_together_and_nothing_is_lost(
+    upstream, alice, socket_for
+):
+    words = [f"{i} " for i in range(1000)]
+    upstream.queue(Reply(body=sse(*(chunk(w) for w in words), chunk(finish="stop"))))
+    socket = await socket_for(alice)
+    await socket.send(type="send", content="count", conversation_id=None)
+    end, frames = await socket.until("message.end")
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert _text(frames) == "".join(words)
+    assert len(deltas) < len(words)  # the body arrived at once: far fewer frames than chunks
+
+
+async def test_a_tab_already_watching_gets_every_chunk_of_a_new_answer(upstream, alice, socket_for):
+    asking, watching = await socket_for(alice), await socket_for(alice)
+    await asking.send(type="send", content="hi", conversation_id=None)
+    first, _ = await asking.until("message.end")
+    conversation_id = first["conversation_id"]
+    await watching.send(type="watch", conversation_id=conversation_id)
+    await watching.until("watching")
+
+    words = [f"{i} " for i in range(300)]
+    events = [sse(chunk(w), done=False) for w in words] + [sse(chunk(finish="stop"))]
+    upstream.queue(Reply(pieces=events, delay=0.002))
+    await asking.send(type="send", content="count", conversation_id=conversation_id)
+    await asking.until("message.end")
+    end, frames = await watching.until("message.end")
+    assert end["state"] == "complete"
+    assert frames[0]["type"] == "message.start"
+    assert _text(frames) == "".join(words)
