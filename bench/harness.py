@@ -4,14 +4,16 @@ Three processes take part in a relay measurement:
 
 - the loopback upstream (`python -m bench.upstream`), streaming numbered, time-stamped chunks;
 - the app under Daphne (tests.live.daphne_process), on a fresh SQLite file with the
-  in-memory channel layer, as `make run` serves it;
+  in-memory channel layer, as `make run` serves it (with --services: a fresh PostgreSQL
+  database and Redis, as in production);
 - this process, the client: websockets speaking docs/protocol.md to the app (the relay),
   and httpx reading the very same kind of stream from the upstream (the direct reference).
 
 On a machine with two cores or more, Daphne is pinned to a core of its own and the client
 and upstream share another (`--no-pin` leaves them to the scheduler): one Daphne process
 runs Python on one core at a time, and the load generator then neither steals from it nor
-is slowed by it. Each chunk carries the upstream's CLOCK_MONOTONIC at the moment it was
+is slowed by it. While a direct reference runs Daphne idles, and the client may use every
+core. Each chunk carries the upstream's CLOCK_MONOTONIC at the moment it was
 written; the client stamps it again on receipt, so a chunk's delivery delay is the same
 measurement through the relay and directly, taken in the same run.
 """
@@ -24,6 +26,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -361,6 +364,12 @@ def relay_rig(users: int = 20, **extra: str) -> Iterator[tuple[UpstreamProcess, 
         try:
             app = App.prepare(Path(tmp), upstream, users=users, **extra)
             yield upstream, app, app_cpus
+        except BaseException:
+            kept = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+            for log in Path(tmp).glob("*.log"):
+                shutil.copy(log, kept / log.name)
+            print(f"!! the run failed: Daphne's logs are kept in {kept}", flush=True)
+            raise
         finally:
             gc.enable()
             upstream.close()
