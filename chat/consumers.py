@@ -18,7 +18,7 @@ from django.dispatch import receiver
 
 from chat.billing import Price, fit_history
 from chat.limits import refusal_for
-from chat.models import Conversation, Message, ModelPrice
+from chat.models import Budget, Conversation, Message, ModelPrice
 from chat.streams import (
     RUNNING,
     AnswerRun,
@@ -61,6 +61,10 @@ def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
         async_to_sync(get_channel_layer().group_send)(session_group(key), {"type": "session.ended"})
 
 
+class LoggedOut(Exception):
+    """The socket's session has ended: say so and close it."""
+
+
 class ClientError(Exception):
     def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -101,10 +105,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if not isinstance(content, dict):
                 raise ClientError("bad_frame", "A frame must be a JSON object.")
             kind = content.get("type")
-            if kind in ("send", "watch", "stop") and not await self._session_is_valid():
-                await self.send_json(LOGGED_OUT)
-                await self.close(code=CLOSE_LOGGED_OUT)
-                return
+            # (`send` checks the session in the same trip to the database as its writes.)
+            if kind in ("watch", "stop") and not await self._session_is_valid():
+                raise LoggedOut
             if kind == "send":
                 await self.send_message(content)
             elif kind == "watch":
@@ -119,6 +122,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(
                 {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}
             )
+        except LoggedOut:
+            await self.send_json(LOGGED_OUT)
+            await self.close(code=CLOSE_LOGGED_OUT)
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
@@ -186,7 +192,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     },
                 }
             )
-        await self.watch(conversation.id, announce=False)
+        await self.watch(conversation.id, announce=False, owned=True)
         start = {
             "type": "message.start",
             "conversation_id": conversation.id,
@@ -216,9 +222,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             price=price,
         ).start()
 
-    async def watch(self, conversation_id: int, announce: bool = True) -> None:
+    async def watch(self, conversation_id: int, announce: bool = True, owned: bool = False) -> None:
         if self.watching != conversation_id:
-            if not await self._owns_conversation(conversation_id):
+            if not owned and not await self._owns_conversation(conversation_id):
                 raise ClientError(
                     "not_found", "No such conversation.", conversation_id=conversation_id
                 )
@@ -265,6 +271,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _session_is_valid(self) -> bool:
+        return self._session_still_valid()
+
+    def _session_still_valid(self) -> bool:
         """Is the session this socket was opened with still logged in? (A backstop for a
         logout whose group message was lost: each request checks the session store.)"""
         if not self.session_key:
@@ -283,11 +292,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def _start_answer(
         self, conversation_id: int | None, text: str, model: str | None
     ) -> tuple[Conversation, bool, Message, Message, list[dict[str, str]], Price | None]:
-        """Check the user's limits and save the message and an empty answer, or nothing."""
+        """Check the session and the user's limits, then save the message and an empty
+        answer, or nothing: one trip to the database thread before the upstream call."""
+        if not self._session_still_valid():
+            raise LoggedOut
         with transaction.atomic():
-            # Serialise one user's sends so that two at once can't both pass the limits.
-            get_user_model().objects.select_for_update().filter(pk=self.user.pk).exists()
-            refusal = refusal_for(self.user)
+            budget = Budget.objects.for_user(self.user)
+            refusal = None
+            if budget is not None:
+                # Serialise one user's sends so that two at once can't both pass the limits.
+                get_user_model().objects.select_for_update().filter(pk=self.user.pk).exists()
+                refusal = refusal_for(self.user, budget)
             if refusal is not None:
                 logger.info("user %s refused: %s", self.user.id, refusal.code)
                 extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}

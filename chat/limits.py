@@ -19,11 +19,9 @@ class Refusal:
     retry_after: int | None = None
 
 
-def refusal_for(user, now: dt.datetime | None = None) -> Refusal | None:
-    """Why `user` may not send a message now, or None. Call it inside the send's transaction."""
-    budget = Budget.objects.for_user(user)
-    if budget is None:
-        return None
+def refusal_for(user, budget: Budget, now: dt.datetime | None = None) -> Refusal | None:
+    """Why `user`, under `budget`, may not send a message now, or None. Call it inside the
+    send's transaction."""
     now = now or timezone.now()
     mine = Message.objects.filter(conversation__user=user)
 

@@ -151,12 +151,24 @@ TEMPLATES = [
 DATABASE_URL = os.getenv("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Under ASGI no connection is kept per thread; a pool lends one per database call
+        # (opening a PostgreSQL connection costs milliseconds, docs/benchmarks.md).
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": envint("DATABASE_POOL_SIZE", 10),
+            "timeout": 10,
+        }
 else:
     (BASE_DIR / "data").mkdir(exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.getenv("SQLITE_PATH", str(BASE_DIR / "data" / "db.sqlite3")),
+            # Database calls run in asgiref's one thread-sensitive thread: keep its
+            # connection rather than open one (with its PRAGMAs) for every call.
+            "CONN_MAX_AGE": 600,
+            "CONN_HEALTH_CHECKS": True,
             # WAL lets readers run beside a writer; IMMEDIATE takes the write lock up
             # front so concurrent answers wait (busy timeout) instead of failing.
             "OPTIONS": {
@@ -185,7 +197,9 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "chat.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+    }
 
 # The cache holds the model list and the login throttle's counters. Without Redis it is
 # in memory and per process: with several processes each counts failed logins apart.
