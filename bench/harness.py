@@ -25,6 +25,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -373,6 +375,35 @@ def relay_rig(users: int = 20, **extra: str) -> Iterator[tuple[UpstreamProcess, 
         finally:
             gc.enable()
             upstream.close()
+
+
+def app_errors(app: App) -> str:
+    """The exceptions in Daphne's logs, counted, with a copy of the logs kept for reading."""
+    kept = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    counts: Counter[str] = Counter()
+    for log in app.tmp.glob("*.log"):
+        shutil.copy(log, kept / log.name)
+        for line in log.read_text(errors="replace").splitlines():
+            if EXCEPTION_LINE.match(line):
+                counts[line.strip()[:160]] += 1
+    top = "; ".join(f"{n} x {line}" for line, n in counts.most_common(3))
+    return f"Daphne's logs (kept in {kept}): {top or 'no exception logged'}"
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\w*: ")
+
+
+def split_failures(results: list, kind: str, app: App | None, errors: list[str]) -> list:
+    """The results that are not exceptions; the exceptions become one error line."""
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        first = failed[0]
+        where = f"; {app_errors(app)}" if app is not None else ""
+        errors.append(
+            f"{kind}: {len(failed)} of {len(results)} answers failed "
+            f"({type(first).__name__}: {first}){where}"
+        )
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 def quiet() -> None:

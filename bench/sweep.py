@@ -36,6 +36,7 @@ from bench.harness import (
     pct,
     quiet,
     relay_rig,
+    split_failures,
     summary,
 )
 from bench.profile import profiled
@@ -74,7 +75,7 @@ async def _run(n: int, spread: float, start_one) -> tuple[list, float]:
         await asyncio.sleep(i * spread / n)
         return await start_one(i)
 
-    got = await asyncio.gather(*(one(i) for i in range(n)))
+    got = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
     return list(got), time.monotonic() - began
 
 
@@ -130,6 +131,7 @@ async def _level(
         out["rss_before_mb"] = rss_before / 2**20
         out["rss_peak_mb"] = meter.peak_rss["daphne"] / 2**20
         out["rss_per_stream_kb"] = (meter.peak_rss["daphne"] - rss_before) / n / 1024
+    answers = split_failures(answers, f"relay, {n} streams", app, errors)
     relay, relay_lag = _delays(answers, False, chunks, errors, f"relay, {n} streams")
     out["relay_wall_s"] = wall
     await close_tabs(tabs)
@@ -143,6 +145,7 @@ async def _level(
         if meter:
             meter.stop()
             out["direct_cpu_percent"] = {k: meter.percent(k) for k in ("upstream", "client")}
+    answers = split_failures(answers, f"direct, {n} streams", None, errors)
     reference, direct_lag = _delays(answers, True, chunks, errors, f"direct, {n} streams")
     out.update(
         direct_wall_s=wall,
@@ -199,7 +202,7 @@ def _print(results: dict, seconds: float) -> None:
     )
     errors = [e for r in results.values() for e in r["errors"]]
     for error in errors:
-        print(f"!! LOST OR REORDERED: {error}")
+        print(f"!! LOST, REORDERED OR FAILED: {error}")
     print()
     for n, r in results.items():
         cpu = r.get("relay_cpu_percent")

@@ -29,6 +29,7 @@ from bench.harness import (
     pct,
     quiet,
     relay_rig,
+    split_failures,
     summary,
 )
 from bench.profile import profiled
@@ -73,17 +74,21 @@ async def _measure(upstream, app, rounds: dict[int, int]) -> dict:
                                     *(
                                         direct(client, upstream.base_url, ask_text(CHUNKS))
                                         for _ in range(n)
-                                    )
+                                    ),
+                                    return_exceptions=True,
                                 )
+                            got = split_failures(got, f"direct, {n} streams", None, errors)
                         else:
                             if meter:
                                 meter.start()
                             got = await asyncio.gather(
-                                *(tab.ask(ask_text(CHUNKS)) for tab in tabs[:n])
+                                *(tab.ask(ask_text(CHUNKS)) for tab in tabs[:n]),
+                                return_exceptions=True,
                             )
                             if meter:
                                 meter.stop()
                                 cpu, wall = cpu + meter.cpu["daphne"], wall + meter.wall
+                            got = split_failures(got, f"relay, {n} streams", app, errors)
                         for answer in got:
                             seen = answer.chunks(direct=kind == "direct")
                             problem = check_order(seen, CHUNKS)
@@ -124,7 +129,7 @@ def _print(r: dict) -> None:
         )
     print("targets at 200 streams: added p50 <= 3 ms, added p99 <= 15 ms")
     for error in r["errors"]:
-        print(f"!! LOST OR REORDERED: {error}")
+        print(f"!! LOST, REORDERED OR FAILED: {error}")
     print()
     for n, level in r["levels"].items():
         last = n == 200  # the target is set at 200 streams
