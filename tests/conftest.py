@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
@@ -19,6 +20,15 @@ django_settings.STORAGES = {
 }
 
 API_KEY = "xai-test-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> Iterator[None]:
+    """Each test gets its own channel layer: a Redis layer holds locks and connections
+    bound to the event loop of the test that made it, and each async test has its own."""
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
 
 
 @pytest.fixture(scope="session")
