@@ -22,6 +22,7 @@ from chat.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
 SIDEBAR_LIMIT = 200
+MESSAGES_PER_PAGE = 200
 
 
 def _get_conversation_for_user(request: HttpRequest, conversation_id: int) -> Conversation:
@@ -31,12 +32,24 @@ def _get_conversation_for_user(request: HttpRequest, conversation_id: int) -> Co
 def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
     messages: list[Message] = []
+    earlier = later = False
     if conversation is not None:
-        messages = list(conversation.messages.select_related("usage").order_by("id"))
+        # The newest messages (or those before ?before=<id>): a long conversation's page stays
+        # quick, and older turns are a link away.
+        rows = conversation.messages.select_related("usage").order_by("-id")
+        before = request.GET.get("before", "")
+        if before.isdigit():
+            rows = rows.filter(id__lt=int(before))
+            later = True
+        messages = list(rows[: MESSAGES_PER_PAGE + 1])
+        earlier = len(messages) > MESSAGES_PER_PAGE
+        messages = messages[:MESSAGES_PER_PAGE][::-1]
     context = {
         "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
         "conversation": conversation,
         "messages": messages,
+        "earlier": earlier,
+        "later": later,
         "models": models_offered(),
         "default_model": settings.CHAT_DEFAULT_MODEL,
         "api_key_configured": bool(settings.XAI_API_KEY),

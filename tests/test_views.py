@@ -223,3 +223,26 @@ def test_the_model_picker_prefers_xais_language_models_with_aliases(
     for name in ["grok-4-0709", "grok-4-latest", "grok-3-mini"]:
         assert f'value="{name}"' in html, name
     assert [r.path for r in upstream.requests] == ["/v1/language-models"]
+
+
+def test_a_long_conversation_shows_its_newest_messages_and_links_to_earlier_ones(
+    client, alice, django_assert_max_num_queries
+):
+    from chat.views import MESSAGES_PER_PAGE
+
+    conversation = Conversation.objects.create(user=alice, title="long")
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"message {i}")
+        for i in range(MESSAGES_PER_PAGE + 50)
+    )
+    client.force_login(alice)
+    with django_assert_max_num_queries(8):
+        page = client.get(f"/c/{conversation.id}/").content.decode()
+    assert page.count('data-role="user"') == MESSAGES_PER_PAGE
+    assert f"message {MESSAGES_PER_PAGE + 49}<" in page and "message 49<" not in page
+    oldest_shown = conversation.messages.order_by("id")[50].id
+    assert f'href="?before={oldest_shown}"' in page
+    older = client.get(f"/c/{conversation.id}/?before={oldest_shown}").content.decode()
+    assert older.count('data-role="user"') == 50
+    assert "message 0<" in older and "message 50<" not in older
+    assert "earlier-messages" not in older and "latest-messages" in older
