@@ -456,6 +456,9 @@ def ask_text(n: int, rate: float = 0) -> str:
     return f"bench n={n} rate={rate:g}"
 
 
+ANSWER_TIMEOUT = 120.0  # seconds: the longest relay run seen took 45 s
+
+
 class Tab:
     """A browser tab: one websocket to /ws/chat/ with a logged-in session."""
 
@@ -481,7 +484,11 @@ class Tab:
         return cls(ws)
 
     async def ask(self, text: str, new: bool = False) -> Received:
-        """Send `text` (in this tab's conversation unless `new`), read up to message.end."""
+        """Send `text` (in this tab's conversation unless `new`), read up to message.end.
+
+        An answer that has not ended within ANSWER_TIMEOUT raises TimeoutError: counted as a
+        failure (the app lost it), it does not hang the run.
+        """
         frame = {
             "type": "send",
             "content": text,
@@ -489,25 +496,26 @@ class Tab:
         }
         payload = json.dumps(frame)
         received = Received(sent=time.monotonic())
-        await self.ws.send(payload)
-        frames = received.frames
-        while True:
-            raw = await self.ws.recv()
-            arrived = time.monotonic()
-            if raw.startswith('{"type": "delta"'):
-                frames.append((arrived, raw))
-            elif raw.startswith('{"type": "message.end"'):
-                received.end = json.loads(raw)
-                return received
-            else:
-                obj = json.loads(raw)
-                if obj["type"] == "conversation":
-                    self.conversation_id = obj["conversation"]["id"]
-                elif obj["type"] == "message.start":
-                    received.conversation_id = obj["conversation_id"]
-                    received.message_id = obj["message"]["id"]
-                elif obj["type"] == "error":
-                    raise RuntimeError(f"the app refused a send: {obj}")
+        async with asyncio.timeout(ANSWER_TIMEOUT):
+            await self.ws.send(payload)
+            frames = received.frames
+            while True:
+                raw = await self.ws.recv()
+                arrived = time.monotonic()
+                if raw.startswith('{"type": "delta"'):
+                    frames.append((arrived, raw))
+                elif raw.startswith('{"type": "message.end"'):
+                    received.end = json.loads(raw)
+                    return received
+                else:
+                    obj = json.loads(raw)
+                    if obj["type"] == "conversation":
+                        self.conversation_id = obj["conversation"]["id"]
+                    elif obj["type"] == "message.start":
+                        received.conversation_id = obj["conversation_id"]
+                        received.message_id = obj["message"]["id"]
+                    elif obj["type"] == "error":
+                        raise RuntimeError(f"the app refused a send: {obj}")
 
     async def close(self) -> None:
         await self.ws.close()
@@ -548,9 +556,12 @@ async def direct(client: httpx.AsyncClient, base_url: str, text: str) -> Receive
     headers = {"Authorization": "Bearer xai-bench", "Accept": "text/event-stream"}
     received = Received(sent=time.monotonic())
     frames = received.frames
-    async with client.stream(
-        "POST", base_url + "/chat/completions", json=body, headers=headers
-    ) as response:
+    async with (
+        asyncio.timeout(ANSWER_TIMEOUT),
+        client.stream(
+            "POST", base_url + "/chat/completions", json=body, headers=headers
+        ) as response,
+    ):
         async for event in EventSource(response).aiter_sse():
             arrived = time.monotonic()
             data = event.data
