@@ -98,7 +98,7 @@ def _print(r: dict) -> int:
             f"{row['checkpoint_writes']} checkpoint UPDATEs"
         )
     for error in errors:
-        print(f"!! LOST OR REORDERED: {error}")
+        print(f"!! LOST, REORDERED OR FAILED: {error}")
     print()
     first, last = rows[0], rows[-1]
     summary(
@@ -112,8 +112,8 @@ def _print(r: dict) -> int:
     )
     summary(
         NAME,
-        "chunks lost or reordered",
-        "none" if not errors else str(len(errors)),
+        "chunks lost or reordered, answers failed",
+        "none" if not errors else f"{len(errors)} problems (above)",
         "none",
         not errors,
         timing=False,

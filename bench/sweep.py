@@ -220,8 +220,8 @@ def _print(results: dict, seconds: float) -> None:
         )
     summary(
         NAME,
-        "chunks lost or reordered",
-        "none" if not errors else str(len(errors)),
+        "chunks lost or reordered, answers failed",
+        "none" if not errors else f"{len(errors)} problems (above)",
         "none",
         not errors,
         timing=False,

@@ -133,7 +133,7 @@ def _print(r: dict) -> None:
             f"upstream {c['upstream']:.0f}, client {c['client']:.0f}"
         )
     for error in r["errors"]:
-        print(f"!! LOST OR REORDERED: {error}")
+        print(f"!! LOST, REORDERED OR FAILED: {error}")
     print()
     summary(
         NAME,
@@ -144,8 +144,8 @@ def _print(r: dict) -> None:
     )
     summary(
         NAME,
-        "chunks lost or reordered",
-        "none" if not r["errors"] else f"{len(r['errors'])} runs",
+        "chunks lost or reordered, answers failed",
+        "none" if not r["errors"] else f"{len(r['errors'])} problems (above)",
         "none",
         not r["errors"],
         timing=False,

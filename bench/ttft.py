@@ -142,8 +142,8 @@ def _print(r: dict) -> None:
         )
     summary(
         NAME,
-        "chunks lost or reordered",
-        "none" if not r["errors"] else str(len(r["errors"])),
+        "chunks lost or reordered, answers failed",
+        "none" if not r["errors"] else f"{len(r['errors'])} problems (above)",
         "none",
         not r["errors"],
         timing=False,
