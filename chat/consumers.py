@@ -379,6 +379,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         known = self.known.get(event["message_id"])
         if known is None:
             return  # a snapshot is on its way and will include this text
+        if event["content_offset"] > known[0] or event["reasoning_offset"] > known[1]:
+            # Text went missing on the way (a failed group send): ask for the whole again.
+            self.known.pop(event["message_id"])
+            await self.channel_layer.group_send(
+                control_group(self.watching),
+                {
+                    "type": "stream.snapshot",
+                    "message_id": event["message_id"],
+                    "reply_to": self.channel_name,
+                },
+            )
+            return
         content = event["content"][max(0, known[0] - event["content_offset"]) :]
         reasoning = event["reasoning"][max(0, known[1] - event["reasoning_offset"]) :]
         known[0] = max(known[0], event["content_offset"] + len(event["content"]))

@@ -284,6 +284,14 @@ class AnswerRun:
             content_offset + len(pending.content),
             reasoning_offset + len(pending.reasoning),
         ]
+        try:
+            await self._group_delta(pending, content_offset, reasoning_offset)
+        except Exception as exc:  # watchers see the gap by its offsets and ask for a snapshot
+            logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
+
+    async def _group_delta(
+        self, pending: Delta, content_offset: int, reasoning_offset: int
+    ) -> None:
         await self.layer.group_send(
             viewers_group(self.conversation_id),
             {
@@ -299,7 +307,15 @@ class AnswerRun:
 
     async def _listen(self, channel: str) -> None:
         while True:
-            request = await self.layer.receive(channel)
+            try:
+                request = await self.layer.receive(channel)
+            except Exception as exc:  # Redis hiccup: Stop must keep working after it
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the answer ended: its listener goes with it
+                logger.warning("answer %s: control channel: %r", self.message_id, exc)
+                await asyncio.sleep(0.5)
+                continue
             if request.get("message_id") not in (None, self.message_id):
                 continue
             if request.get("type") == "stream.stop":
@@ -358,10 +374,13 @@ class AnswerRun:
                 await self._send(frame)
             except Exception:
                 self.origin = None
-        await self.layer.group_send(
-            viewers_group(self.conversation_id),
-            {"type": "chat.end", "frame": frame, "origin": self.origin},
-        )
+        try:
+            await self.layer.group_send(
+                viewers_group(self.conversation_id),
+                {"type": "chat.end", "frame": frame, "origin": self.origin},
+            )
+        except Exception as exc:  # saved and sent to the asker already; watchers reload
+            logger.warning("answer %s: could not tell the watchers: %r", self.message_id, exc)
 
 
 def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:

@@ -189,7 +189,9 @@ if REDIS_URL:
             # capacity: messages waiting per channel before channels_redis drops new ones
             # (silently, for group sends); docs/benchmarks.md measures the app's peak.
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s timeout and refuses the 101st connection by
+                # default: under load that killed consumers (docs/benchmarks.md).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 60, "max_connections": 2000}],
                 "capacity": 1000,
                 "expiry": 30,
                 "prefix": REDIS_PREFIX,

@@ -369,3 +369,35 @@ async def test_a_tab_already_watching_gets_every_chunk_of_a_new_answer(upstream,
     assert end["state"] == "complete"
     assert frames[0]["type"] == "message.start"
     assert _text(frames) == "".join(words)
+
+
+async def test_a_watcher_that_misses_text_asks_for_the_whole_answer_again(
+    upstream, alice, socket_for
+):
+    from channels.layers import get_channel_layer
+
+    upstream.queue(slow_stream(count=200, delay=0.02, text="tick "))
+    asking, watching = await socket_for(alice), await socket_for(alice)
+    await asking.send(type="send", content="count", conversation_id=None)
+    start, _ = await asking.until("message.start")
+    message_id, conversation_id = start["message"]["id"], start["conversation_id"]
+    await watching.send(type="watch", conversation_id=conversation_id)
+    first, _ = await watching.until("snapshot")
+    # A group delta from further on than the watcher has: the text between went missing.
+    await get_channel_layer().group_send(
+        f"conv_{conversation_id}",
+        {
+            "type": "chat.delta",
+            "message_id": message_id,
+            "content": "later text ",
+            "reasoning": "",
+            "content_offset": len(first["content"]) + 10_000,
+            "reasoning_offset": 0,
+            "origin": None,
+        },
+    )
+    again, frames = await watching.until("snapshot")
+    assert again["message_id"] == message_id and again["content"].startswith("tick")
+    assert not any("later text" in f.get("content", "") for f in frames)
+    end, frames = await watching.until("message.end")
+    assert _text([again, *frames]) == "tick " * 200
