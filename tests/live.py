@@ -162,3 +162,14 @@ def session_cookie(url: str, username: str, password: str) -> str:
         )
         assert response.status_code == 302, response.text
         return f"sessionid={client.cookies['sessionid']}"
+
+
+def answer_text(frames: list[dict]) -> str:
+    """An answer's text as a tab shows it: the last snapshot, then the deltas after it."""
+    out = ""
+    for frame in frames:
+        if frame["type"] == "snapshot":
+            out = frame["content"]
+        elif frame["type"] == "delta":
+            out += frame["content"]
+    return out

@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async
 from chat.models import Conversation, Message, Usage
 from chat.streams import RUNNING
 from tests.fake_upstream import Reply, chunk, json_reply, slow_stream, sse, transcript
+from tests.live import answer_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -329,16 +330,6 @@ async def test_it_stores_usage_and_cost_exactly_as_xai_reported_them(upstream, a
     assert usage.raw_usage["num_sources_used"] == 0
 
 
-def _text(frames: list[dict]) -> str:
-    out = ""
-    for frame in frames:
-        if frame["type"] == "snapshot":
-            out = frame["content"]
-        elif frame["type"] == "delta":
-            out += frame["content"]
-    return out
-
-
 async def test_deltas_read_together_go_out_together_and_nothing_is_lost(
     upstream, alice, socket_for
 ):
@@ -348,7 +339,7 @@ async def test_deltas_read_together_go_out_together_and_nothing_is_lost(
     await socket.send(type="send", content="count", conversation_id=None)
     end, frames = await socket.until("message.end")
     deltas = [f for f in frames if f["type"] == "delta"]
-    assert _text(frames) == "".join(words)
+    assert answer_text(frames) == "".join(words)
     assert len(deltas) < len(words)  # the body arrived at once: far fewer frames than chunks
 
 
@@ -368,7 +359,7 @@ async def test_a_tab_already_watching_gets_every_chunk_of_a_new_answer(upstream,
     end, frames = await watching.until("message.end")
     assert end["state"] == "complete"
     assert frames[0]["type"] == "message.start"
-    assert _text(frames) == "".join(words)
+    assert answer_text(frames) == "".join(words)
 
 
 async def test_a_watcher_that_misses_text_asks_for_the_whole_answer_again(
@@ -400,4 +391,4 @@ async def test_a_watcher_that_misses_text_asks_for_the_whole_answer_again(
     assert again["message_id"] == message_id and again["content"].startswith("tick")
     assert not any("later text" in f.get("content", "") for f in frames)
     end, frames = await watching.until("message.end")
-    assert _text([again, *frames]) == "tick " * 200
+    assert answer_text([again, *frames]) == "tick " * 200

@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from tests.fake_upstream import FakeUpstream, Reply, chunk, slow_stream, sse
-from tests.live import app_env, daphne, postgres_url, prepare_database, session_cookie
+from tests.live import answer_text, app_env, daphne, postgres_url, prepare_database, session_cookie
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -121,17 +121,8 @@ async def test_a_tab_on_another_process_gets_every_chunk_in_order(
         _, direct = await _frames_until(first, "message.end", timeout=20)
         _, relayed = await _frames_until(second, "message.end", timeout=20)
 
-    def text(frames: list[dict]) -> str:
-        out = ""
-        for frame in frames:
-            if frame["type"] == "snapshot":
-                out = frame["content"]
-            elif frame["type"] == "delta":
-                out += frame["content"]
-        return out
-
-    assert text(direct) == expected
-    assert text(relayed) == expected
+    assert answer_text(direct) == expected
+    assert answer_text(relayed) == expected
     # Coalesced: the other process got far fewer frames than chunks, and none were lost.
     group_deltas = len([f for f in relayed if f["type"] == "delta"])
     assert 1 < group_deltas < 2000
