@@ -123,8 +123,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}
             )
         except LoggedOut:
-            await self.send_json(LOGGED_OUT)
-            await self.close(code=CLOSE_LOGGED_OUT)
+            await self._end_session()
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
@@ -243,10 +242,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 {"type": "watching", "conversation_id": conversation_id, "recent": recent}
             )
             # Answers streaming now, here or in another process, reply with chat.snapshot.
-            await self.channel_layer.group_send(
-                control_group(conversation_id),
-                {"type": "stream.snapshot", "reply_to": self.channel_name},
-            )
+            await self._ask_for_snapshot(conversation_id)
 
     async def stop(self, message_id: int) -> None:
         conversation_id = await self._streaming_answer_conversation(message_id)
@@ -353,6 +349,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("user %s tried to stop message %s", self.user.id, message_id)
         return row
 
+    async def _ask_for_snapshot(self, conversation_id: int, message_id: int | None = None) -> None:
+        """Answers streaming in the conversation (or just `message_id`), in whichever
+        process, reply with chat.snapshot and from then on send deltas to the group."""
+        request = {"type": "stream.snapshot", "reply_to": self.channel_name}
+        if message_id is not None:
+            request["message_id"] = message_id
+        await self.channel_layer.group_send(control_group(conversation_id), request)
+
+    async def _end_session(self) -> None:
+        await self.send_json(LOGGED_OUT)
+        await self.close(code=CLOSE_LOGGED_OUT)
+
     def _visible(self, event: dict[str, Any]) -> bool:
         return event.get("origin") != self.channel_name
 
@@ -364,14 +372,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.known[frame["message"]["id"]] = [0, 0]
             await self.send_json(frame)
             # Tell the answer it is followed: it replies with a snapshot, then sends deltas.
-            await self.channel_layer.group_send(
-                control_group(frame["conversation_id"]),
-                {
-                    "type": "stream.snapshot",
-                    "message_id": frame["message"]["id"],
-                    "reply_to": self.channel_name,
-                },
-            )
+            await self._ask_for_snapshot(frame["conversation_id"], frame["message"]["id"])
 
     async def chat_delta(self, event: dict[str, Any]) -> None:
         if not self._visible(event):
@@ -382,14 +383,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if event["content_offset"] > known[0] or event["reasoning_offset"] > known[1]:
             # Text went missing on the way (a failed group send): ask for the whole again.
             self.known.pop(event["message_id"])
-            await self.channel_layer.group_send(
-                control_group(self.watching),
-                {
-                    "type": "stream.snapshot",
-                    "message_id": event["message_id"],
-                    "reply_to": self.channel_name,
-                },
-            )
+            await self._ask_for_snapshot(self.watching, event["message_id"])
             return
         content = event["content"][max(0, known[0] - event["content_offset"]) :]
         reasoning = event["reasoning"][max(0, known[1] - event["reasoning_offset"]) :]
@@ -420,8 +414,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def session_ended(self, event: dict[str, Any]) -> None:
-        await self.send_json(LOGGED_OUT)
-        await self.close(code=CLOSE_LOGGED_OUT)
+        await self._end_session()
 
     async def chat_end(self, event: dict[str, Any]) -> None:
         if self._visible(event):

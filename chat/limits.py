@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.utils import formats, timezone
 
 from chat.billing import format_usd
-from chat.models import Budget, Message, budget_status
+from chat.models import Budget, Message, budget_status, streams_started_after
 
 
 @dataclass
@@ -40,9 +39,9 @@ def refusal_for(user, budget: Budget, now: dt.datetime | None = None) -> Refusal
             )
 
     if budget.max_concurrent_streams is not None:
-        # Rows older than the longest possible answer are leftovers of a crash, not streams.
-        horizon = now - dt.timedelta(seconds=settings.UPSTREAM_TOTAL_TIMEOUT + 60)
-        streaming = mine.filter(state=Message.State.STREAMING, created_at__gt=horizon).count()
+        streaming = mine.filter(
+            state=Message.State.STREAMING, created_at__gt=streams_started_after()
+        ).count()
         if streaming >= budget.max_concurrent_streams:
             return Refusal(
                 "too_many_streams",

@@ -69,6 +69,12 @@ class Conversation(models.Model):
         return user_message, answer
 
 
+def streams_started_after() -> dt.datetime:
+    """No answer can still be streaming that started before this (the total timeout, and
+    a minute's grace): older "streaming" rows are leftovers of a crash."""
+    return timezone.now() - dt.timedelta(seconds=settings.UPSTREAM_TOTAL_TIMEOUT + 60)
+
+
 class MessageQuerySet(models.QuerySet):
     def orphans(self, host: str, alive: Callable[[int], bool], started_before: dt.datetime):
         """Answers left "streaming" by a process that is gone.
@@ -162,8 +168,7 @@ class Message(models.Model):
             return None
         prompt = [turn["content"] for turn in self.conversation.history(before=self.pk)]
         usage = {
-            **billing.estimate_usage(prompt, self.content, self.reasoning),
-            "source": Usage.Source.ESTIMATED,
+            **Usage.estimated(prompt, self.content, self.reasoning),
             "requested_model": self.model,
         }
         return self.finish(
@@ -325,6 +330,14 @@ class Usage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.model} {self.total_tokens}"
+
+    @classmethod
+    def estimated(cls, prompt_texts: list[str], content: str, reasoning: str) -> dict[str, Any]:
+        """The ledger fields of a stream that ended before its usage report."""
+        return {
+            **billing.estimate_usage(prompt_texts, content, reasoning),
+            "source": cls.Source.ESTIMATED,
+        }
 
     @property
     def reported(self) -> bool:

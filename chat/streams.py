@@ -10,7 +10,6 @@ requests, so Stop works from any tab in any process.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import socket
@@ -23,10 +22,9 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
-from django.utils import timezone
 
-from chat.billing import Price, estimate_usage
-from chat.models import Message, Usage
+from chat.billing import Price
+from chat.models import Message, Usage, streams_started_after
 from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -66,17 +64,17 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def sweep_orphans(at_start: bool) -> int:
+def sweep_orphans() -> int:
     """End answers left "streaming" by dead processes as interrupted, with their usage rows.
 
-    At start, rows under this process's own host and pid belong to an earlier process
+    Run at start: rows under this process's own host and pid belong to an earlier process
     that had the same pid (a container restarted after SIGKILL runs as pid 1 again).
     """
     me = os.getpid()
 
     def alive(pid: int) -> bool:
         if pid == me:
-            return not at_start
+            return False
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -85,8 +83,7 @@ def sweep_orphans(at_start: bool) -> int:
             return True
         return pid > 0
 
-    horizon = timezone.now() - dt.timedelta(seconds=settings.UPSTREAM_TOTAL_TIMEOUT + 60)
-    orphans = Message.objects.orphans(socket.gethostname(), alive, horizon)
+    orphans = Message.objects.orphans(socket.gethostname(), alive, streams_started_after())
     ended = 0
     for message in orphans.select_related("conversation"):
         if message.interrupt_orphan() is not None:
@@ -99,7 +96,7 @@ def sweep_orphans(at_start: bool) -> int:
 def on_server_start() -> None:
     """Called once by chatsite.asgi in each server process, before it serves anything."""
     try:
-        sweep_orphans(at_start=True)
+        sweep_orphans()
     except DatabaseError as exc:  # not migrated yet: the app still starts and says so
         logger.warning("could not look for interrupted answers: %s", exc)
     reactor = sys.modules.get("twisted.internet.reactor")
@@ -285,25 +282,20 @@ class AnswerRun:
             reasoning_offset + len(pending.reasoning),
         ]
         try:
-            await self._group_delta(pending, content_offset, reasoning_offset)
+            await self.layer.group_send(
+                viewers_group(self.conversation_id),
+                {
+                    "type": "chat.delta",
+                    "message_id": self.message_id,
+                    "content": pending.content,
+                    "reasoning": pending.reasoning,
+                    "content_offset": content_offset,
+                    "reasoning_offset": reasoning_offset,
+                    "origin": self.origin,
+                },
+            )
         except Exception as exc:  # watchers see the gap by its offsets and ask for a snapshot
             logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
-
-    async def _group_delta(
-        self, pending: Delta, content_offset: int, reasoning_offset: int
-    ) -> None:
-        await self.layer.group_send(
-            viewers_group(self.conversation_id),
-            {
-                "type": "chat.delta",
-                "message_id": self.message_id,
-                "content": pending.content,
-                "reasoning": pending.reasoning,
-                "content_offset": content_offset,
-                "reasoning_offset": reasoning_offset,
-                "origin": self.origin,
-            },
-        )
 
     async def _listen(self, channel: str) -> None:
         while True:
@@ -398,10 +390,7 @@ def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
         return {key: 0 for key in USAGE_KEYS} | {"source": Usage.Source.NONE}
     # The stream ended before its usage report: the prompt as sent and the partial answer.
     prompt = [turn["content"] for turn in history]
-    return {
-        **estimate_usage(prompt, answer.content, answer.reasoning),
-        "source": Usage.Source.ESTIMATED,
-    }
+    return Usage.estimated(prompt, answer.content, answer.reasoning)
 
 
 def end_frame(message: Message, usage: Usage | None) -> dict[str, Any]:
