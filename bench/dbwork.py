@@ -16,13 +16,11 @@ size series so that its counts do not depend on the machine's speed, and measure
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 
 from bench import harness
-from bench.harness import ROOT, UpstreamProcess, ask_text, summary
+from bench.harness import UpstreamProcess, ask_text, run_worker, summary
 
 NAME = "4 dbwork"
 
@@ -33,36 +31,17 @@ def main(quick: bool = False) -> int:
     upstream = UpstreamProcess(None)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-dbwork-") as tmp:
-            env = {
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("DJANGO_", "XAI_", "UPSTREAM_", "DATABASE_URL", "REDIS_"))
-            }
-            env.update(
-                DJANGO_SETTINGS_MODULE="chatsite.settings",
-                DJANGO_SECRET_KEY="bench-not-secret-" + "x" * 40,
-                SQLITE_PATH=f"{tmp}/db.sqlite3",
-                XAI_BASE_URL=upstream.base_url,
-                XAI_API_KEY="xai-bench-key",
+            args = [str(s) for s in sizes] + ([] if quick else ["--checkpoints"])
+            result = run_worker(
+                "bench.dbwork",
+                args,
+                tmp,
+                upstream.base_url,
                 UPSTREAM_MAX_RETRIES="0",
                 STREAM_CHECKPOINT_SECONDS="3600",
-                DJANGO_LOG_LEVEL="WARNING",
-            )
-            args = [str(s) for s in sizes] + ([] if quick else ["--checkpoints"])
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.dbwork", *args],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
             )
     finally:
         upstream.close()
-    if out.returncode != 0:
-        print(out.stdout, out.stderr)
-        raise RuntimeError("the database-work worker failed")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     harness.RESULTS["dbwork"] = result
     return _print(result)
 

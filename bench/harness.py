@@ -573,5 +573,36 @@ async def direct(client: httpx.AsyncClient, base_url: str, text: str) -> Receive
     return received
 
 
+def run_worker(module: str, args: list[str], db_dir: str, upstream_url: str, **env: str) -> dict:
+    """Run `python -m <module> <args>` on a fresh SQLite file in `db_dir`, with this
+    process's environment less the app's settings; its last stdout line, as JSON."""
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "XAI_", "UPSTREAM_", "DATABASE_URL", "REDIS_"))
+    }
+    full_env.update(
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DJANGO_SECRET_KEY="bench-not-secret-" + "x" * 40,
+        SQLITE_PATH=f"{db_dir}/db.sqlite3",
+        XAI_BASE_URL=upstream_url,
+        XAI_API_KEY="xai-bench-key",
+        DJANGO_LOG_LEVEL="WARNING",
+        **env,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if out.returncode != 0:
+        print(out.stdout, out.stderr)
+        raise RuntimeError(f"the {module} worker failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def write_json(path: str) -> None:
     Path(path).write_text(json.dumps(RESULTS, indent=2, default=str) + "\n")

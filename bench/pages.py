@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench import harness
-from bench.harness import ROOT, UpstreamProcess, summary
+from bench.harness import UpstreamProcess, run_worker, summary
 
 NAME = "5 pages"
 TARGET_MS = 150
@@ -37,39 +36,15 @@ def main(quick: bool = False) -> int:
     upstream = UpstreamProcess(None)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-pages-") as tmp:
-            env = {
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("DJANGO_", "XAI_", "UPSTREAM_", "DATABASE_URL", "REDIS_"))
-            }
-            env.update(
-                DJANGO_SETTINGS_MODULE="chatsite.settings",
-                DJANGO_SECRET_KEY="bench-not-secret-" + "x" * 40,
-                DJANGO_ALLOWED_HOSTS="testserver",
-                SQLITE_PATH=f"{tmp}/db.sqlite3",
-                XAI_BASE_URL=upstream.base_url,
-                XAI_API_KEY="xai-bench-key",
-                DJANGO_LOG_LEVEL="WARNING",
-            )
+            env = {"DJANGO_ALLOWED_HOSTS": "testserver"}
             if harness.OPTIONS.get("profile_dir"):
                 env["BENCH_PROFILE_DIR"] = str(Path(harness.OPTIONS["profile_dir"]).resolve())
             spec = json.dumps(
                 {"messages": messages, "conversations": conversations, "repeat": repeat}
             )
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.pages", spec],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            result = run_worker("bench.pages", [spec], tmp, upstream.base_url, **env)
     finally:
         upstream.close()
-    if out.returncode != 0:
-        print(out.stdout, out.stderr)
-        raise RuntimeError("the pages worker failed")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     harness.RESULTS["pages"] = result
     if harness.OPTIONS.get("profile_dir"):
         for name in ("pages-index", "pages-conversation"):

@@ -676,8 +676,3 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
         if price is not None:
             prices.update(dict.fromkeys(names, price))
     return Catalog(sorted(ids), prices)
-
-
-def fetch_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]:
-    """The ids of the models the upstream offers, with their aliases."""
-    return fetch_catalog(base_url, api_key, timeout).models
