@@ -1,65 +1,32 @@
-"""Event-stream decoding as the upstream client uses it: httpx_sse's EventSource.aiter_sse()
-(SSELineDecoder + SSEDecoder) over a real httpx response, checked against the SSE spec
-(html.spec.whatwg.org, "Interpreting an event stream") with hypothesis.
-
-What httpx-sse 0.4.3 does differently from the spec (found here; none of it reaches the
-chat text, so chat/upstream.py needs no own code for it):
-- It dispatches an event for a blank line that follows only an `event:`, `id:` or `retry:`
-  field, and, because the last event id is kept, for EVERY blank line after the first
-  `id:` field (an extra empty line between events then yields an event with data "").
-  The spec dispatches nothing when the data buffer is empty. The dialects ignore events
-  whose data is empty (tested below), so this is harmless.
-- It does not strip a leading U+FEFF byte order mark: a stream starting with a BOM loses
-  its first field line (the field name becomes "\\ufeffdata"). No API we talk to sends one;
-  tested below as a known limitation.
-Everything else held: LF, CR and CRLF line ends, CR and LF split across reads, multi-byte
-characters split across reads, U+2028/U+2029/U+0085/U+000B/U+000C kept inside data (not
-treated as line ends), comments, one leading space stripped, multi-line data joined with
-LF, an incomplete last event discarded at EOF.
+"""Event-stream decoding (chat/sse.py), checked against the SSE spec
+(html.spec.whatwg.org, "Interpreting an event stream") with hypothesis: LF, CR and CRLF line
+ends, CR and LF split across reads, multi-byte characters split across reads,
+U+2028/U+2029/U+0085/U+000B/U+000C kept inside data (not line ends), comments, one leading
+space stripped, multi-line data joined with LF, a byte order mark dropped, events without
+data not dispatched, an incomplete last event discarded at EOF. Then the dialects on top of
+it, through a real httpx response from the loopback server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-from httpx_sse import EventSource
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chat.sse import EventDecoder
 from chat.upstream import Answer, Upstream
 from tests.fake_upstream import FakeUpstream, Reply, chunk
 
-# ---------------------------------------------------------------------------
-# Driving EventSource through a real httpx response
 
-
-class ChunkStream(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.chunks:
-            yield piece
-
-
-async def adecode(chunks: list[bytes], content_type: str) -> list[tuple[str, str]]:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, headers={"content-type": content_type}, stream=ChunkStream(chunks)
-        )
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        async with client.stream("GET", "http://upstream.test/events") as response:
-            return [(e.event, e.data) async for e in EventSource(response).aiter_sse()]
-
-
-def decode(chunks: list[bytes], content_type: str = "text/event-stream") -> list[tuple[str, str]]:
-    return asyncio.run(adecode(chunks, content_type))
+def decode(chunks: list[bytes]) -> list[tuple[str, str]]:
+    decoder = EventDecoder()
+    events = [e for piece in chunks for e in decoder.feed(piece)] + decoder.end()
+    return [(e.event, e.data) for e in events]
 
 
 # ---------------------------------------------------------------------------
@@ -172,26 +139,34 @@ def test_it_discards_an_incomplete_last_event_at_eof(
     assert decode([body]) == [e.expected() for e in stream]
 
 
-def test_it_accepts_a_charset_in_the_content_type() -> None:
-    body = "data: Olá\n\n".encode()
-    assert decode([body], "text/event-stream; charset=utf-8") == [("message", "Olá")]
+def test_it_does_not_dispatch_an_event_without_data() -> None:
+    assert decode([b"event: ping\n\n"]) == []
+    assert decode([b"id: 1\ndata: a\n\n\ndata: b\n\n"]) == [("message", "a"), ("message", "b")]
+    # The event type of a dataless event does not leak into the next one.
+    assert decode([b"event: ping\n\ndata: x\n\n"]) == [("message", "x")]
 
 
-def test_it_dispatches_an_event_without_data_which_the_spec_would_not() -> None:
-    # httpx-sse deviation (see the module docstring), pinned so an upgrade that fixes it
-    # shows up here.
-    assert decode([b"event: ping\n\n"]) == [("ping", "")]
-    assert decode([b"id: 1\ndata: a\n\n\ndata: b\n\n"]) == [
-        ("message", "a"),
-        ("message", ""),
-        ("message", "b"),
-    ]
+def test_it_keeps_the_last_event_id_and_retry() -> None:
+    decoder = EventDecoder()
+    first, second = decoder.feed(b"id: 7\nretry: 1500\ndata: a\n\nretry: x\ndata: b\n\n")
+    assert (first.id, first.retry, second.id, second.retry) == ("7", 1500, "7", 1500)
+    assert decoder.feed(b"id: a\x00b\ndata: c\n\n")[0].id == "7"  # an id with NUL is ignored
 
 
-def test_it_loses_the_first_line_after_a_byte_order_mark() -> None:
-    # The spec strips one leading U+FEFF; httpx-sse does not (see the module docstring).
+def test_it_drops_one_byte_order_mark_even_split_across_reads() -> None:
     body = "\ufeffdata: first\n\ndata: second\n\n".encode()
-    assert decode([body]) == [("message", "second")]
+    assert decode([body]) == [("message", "first"), ("message", "second")]
+    assert decode([body[:1], body[1:2], body[2:]]) == [("message", "first"), ("message", "second")]
+    # Only one: a second is part of the field name, and that line is ignored.
+    assert decode(["\ufeff\ufeffdata: x\n\ndata: y\n\n".encode()]) == [("message", "y")]
+
+
+def test_it_takes_a_field_without_a_colon_as_empty() -> None:
+    assert decode([b"data\ndata\n\n"]) == [("message", "\n")]
+
+
+def test_it_keeps_undecodable_bytes_as_replacement_characters() -> None:
+    assert decode([b"data: \xff\xfe ok\n\n"]) == [("message", "\ufffd\ufffd ok")]
 
 
 # ---------------------------------------------------------------------------
@@ -265,3 +240,56 @@ async def test_it_keeps_line_separators_inside_json_strings(server: FakeUpstream
     body = "data: " + json.dumps(chunk(text), ensure_ascii=False) + "\n\ndata: [DONE]\n\n"
     answer = await chat(server, body.encode())
     assert answer.content == text
+
+
+async def collect(server: FakeUpstream, reply: Reply) -> tuple[Answer, list[str], Exception | None]:
+    server.queue(reply)
+    answer, deltas, failure = Answer(), [], None
+    async with httpx.AsyncClient() as client:
+        upstream = Upstream(server.base_url, "key", client=client, max_retries=0)
+        try:
+            async for delta in upstream.stream(
+                answer, "grok-test", [{"role": "user", "content": "hi"}]
+            ):
+                deltas.append(delta.content)
+        except Exception as exc:
+            failure = exc
+    return answer, deltas, failure
+
+
+async def test_it_relays_the_events_of_one_read_as_one_delta_in_order(server: FakeUpstream) -> None:
+    words = [f"w{i} " for i in range(500)]
+    body = b"".join(data_line(chunk(w)) for w in words) + b"data: [DONE]\n\n"
+    answer, deltas, failure = await collect(server, Reply(body=body, pieces=[body]))
+    assert failure is None
+    assert "".join(deltas) == answer.content == "".join(words)
+    assert len(deltas) < len(words)  # joined, since they came in far fewer reads
+
+
+async def test_it_keeps_the_text_before_an_error_event_in_the_same_read(
+    server: FakeUpstream,
+) -> None:
+    body = (
+        data_line(chunk("Half an "))
+        + data_line(chunk("answer"))
+        + data_line({"code": "Internal error", "error": "the model crashed"})
+        + data_line(chunk(" never shown"))
+    )
+    answer, deltas, failure = await collect(server, Reply(body=body, pieces=[body]))
+    assert deltas == ["Half an answer"]
+    assert answer.content == "Half an answer"
+    assert "the model crashed" in str(failure)
+
+
+async def test_it_reads_json_that_orjson_refuses_as_pythons_json_does(
+    server: FakeUpstream,
+) -> None:
+    # A lone surrogate escape and NaN: orjson raises, Python's json accepts; the text stays.
+    body = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a\\ud83d"}}],"x":NaN}\n\n'
+        + data_line(chunk("b", finish="stop"))
+        + b"data: [DONE]\n\n"
+    )
+    answer = await chat(server, body)
+    assert answer.content == "a\ud83db"
+    assert answer.finish_reason == "stop"
