@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         "127.0.0.1 (a fresh database and Redis prefix) instead of SQLite and the in-memory "
         "channel layer",
     )
+    parser.add_argument(
+        "--levels",
+        metavar="N,N,...",
+        help="the sweep's numbers of streams (default 100,250,500,1000; quick: 20,50)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     parser.add_argument(
         "--profile",
@@ -61,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     harness.OPTIONS["profile_dir"] = args.profile
     harness.OPTIONS["quick"] = args.quick
     harness.OPTIONS["services"] = args.services
+    if args.levels:
+        try:
+            harness.OPTIONS["levels"] = [int(n) for n in args.levels.split(",")]
+        except ValueError:
+            parser.error("--levels takes numbers separated by commas, such as 250,1000")
     print(harness.machine(), flush=True)
     if not harness.have_psutil():
         print("!! psutil is not installed: CPU and memory figures are left out", flush=True)

@@ -20,8 +20,8 @@ import asyncio
 import os
 import time
 
-from bench.harness import RESULTS as ALL_RESULTS
 from bench.harness import (
+    OPTIONS,
     CpuMeter,
     Tab,
     ask_text,
@@ -39,6 +39,7 @@ from bench.harness import (
     split_failures,
     summary,
 )
+from bench.harness import RESULTS as ALL_RESULTS
 from bench.profile import profiled
 
 NAME = "3 sweep"
@@ -46,7 +47,7 @@ RATE = 20.0  # chunks per second per stream
 
 
 def main(quick: bool = False) -> int:
-    levels = [20, 50] if quick else [100, 250, 500, 1000]
+    levels = OPTIONS.get("levels") or ([20, 50] if quick else [100, 250, 500, 1000])
     seconds, spread = (2.0, 0.5) if quick else (10.0, 2.0)
     print(
         f"-- scenario 3: {levels} streams at {RATE:g} chunks/s for {seconds:g} s each...",

@@ -547,7 +547,11 @@ class Upstream:
         return self._client or shared_client(self.timeouts.connect)
 
     def headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        headers = {
+            "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
+            "Content-Type": "application/json",
+        }
         if self.dialect.name == "anthropic_messages":
             headers["x-api-key"] = self.api_key
             headers["anthropic-version"] = "2023-06-01"
@@ -614,7 +618,13 @@ class Upstream:
                 await self._check_response(response)
             answer.accepted = True
             decoder = EventDecoder()
-            reads = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+            # We ask for no compression (it holds events back); a server that compresses
+            # anyway is decoded, at a cost per read.
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            reads = cast(
+                AsyncGenerator[bytes, None],
+                response.aiter_bytes() if encoded else response.aiter_raw(),
+            )
             while True:
                 watchdog.start(until)
                 try:

@@ -293,3 +293,19 @@ async def test_it_reads_json_that_orjson_refuses_as_pythons_json_does(
     answer = await chat(server, body)
     assert answer.content == "a\ud83db"
     assert answer.finish_reason == "stop"
+
+
+async def test_it_asks_for_an_uncompressed_stream_and_still_reads_a_compressed_one(
+    server: FakeUpstream,
+) -> None:
+    import zlib
+
+    body = data_line(chunk("Olá")) + data_line(chunk("!", finish="stop")) + b"data: [DONE]\n\n"
+    packer = zlib.compressobj(wbits=31)  # gzip
+    packed = packer.compress(body) + packer.flush()
+    pieces = [packed[i : i + 7] for i in range(0, len(packed), 7)]
+    reply = Reply(pieces=pieces, headers={"Content-Encoding": "gzip"})
+    answer, deltas, failure = await collect(server, reply)
+    assert failure is None
+    assert answer.content == "".join(deltas) == "Olá!"
+    assert server.stream_requests()[0].headers["accept-encoding"] == "identity"
