@@ -321,7 +321,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             user_message, answer = conversation.start_answer(text, model, worker_id())
             price = ModelPrice.price_for(model)
         created = conversation_id is None
-        return conversation, created, user_message, answer, conversation.history(), price
+        # A new conversation's history is the message just saved: no need to read it back.
+        history = [{"role": "user", "content": text}] if created else conversation.history()
+        return conversation, created, user_message, answer, history, price
 
     @database_sync_to_async
     def _recent_answers(self, conversation_id: int) -> list[dict[str, Any]]:

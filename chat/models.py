@@ -53,7 +53,7 @@ class Conversation(models.Model):
             for role, content in rows.values_list("role", "content")
         ]
 
-    @transaction.atomic
+    @transaction.atomic(savepoint=False)  # within a send's transaction: no savepoint needed
     def start_answer(self, text: str, model: str, worker: str = "") -> tuple[Message, Message]:
         """Save the user's message and an empty streaming answer in one transaction."""
         user_message = self.messages.create(role=Message.Role.USER, content=text)
