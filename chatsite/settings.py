@@ -187,7 +187,8 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # capacity: messages waiting per channel before channels_redis drops new ones
-            # (silently, for group sends); docs/benchmarks.md measures the app's peak.
+            # (silently, for group sends). Deltas to the asking socket bypass the layer;
+            # watchers get one flush per 50 ms, so a channel rarely holds more than a few.
             "CONFIG": {
                 # redis-py 8 reads with a 5 s timeout and refuses the 101st connection by
                 # default: under load that killed consumers (docs/benchmarks.md).
