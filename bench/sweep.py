@@ -80,6 +80,49 @@ async def _run(n: int, spread: float, start_one) -> tuple[list, float]:
     return list(got), time.monotonic() - began
 
 
+class _QueueSampler:
+    """The longest queue of any channel in Redis (channels_redis keeps one sorted set per
+    channel under the app's prefix), sampled every 0.1 s during a relay run."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis.asyncio as redis
+
+        self.client = redis.Redis.from_url(url)
+        self.prefix = prefix
+        self.peak = 0
+        self.samples = 0
+        self.task: asyncio.Task | None = None
+
+    @classmethod
+    def start(cls, env: dict[str, str]) -> _QueueSampler:
+        sampler = cls(env["REDIS_URL"], env.get("REDIS_PREFIX", "grokchat"))
+        sampler.task = asyncio.create_task(sampler._run())
+        return sampler
+
+    async def _run(self) -> None:
+        while True:
+            keys = [
+                key
+                async for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000)
+                if b":group:" not in key
+            ]
+            if keys:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.zcard(key)
+                    sizes = await pipe.execute()
+                self.peak = max(self.peak, *sizes)
+            self.samples += 1
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> dict:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.aclose()
+        return {"peak_messages_per_channel": self.peak, "samples": self.samples}
+
+
 def _delays(answers: list, direct_read: bool, chunks: int, errors: list[str], kind: str):
     """Delivery delays of every chunk but each stream's first, and the upstream's lag
     behind its schedule."""
@@ -124,8 +167,11 @@ async def _level(
     quiet()
     if meter:
         meter.start()
+    sampler = _QueueSampler.start(app.env) if app.env.get("REDIS_URL") else None
     with profiled(app.pid if profile else 0, f"sweep-{n}-streams"):
         answers, wall = await _run(n, spread, lambda i: tabs[i].ask(text, new=True))
+    if sampler is not None:
+        out["redis_queue"] = await sampler.stop()
     if meter:
         meter.stop()
         out["relay_cpu_percent"] = {k: meter.percent(k) for k in meter.procs}
@@ -167,7 +213,13 @@ def _print_level(n: int, r: dict) -> None:
     cpu = r.get("relay_cpu_percent")
     print(
         f"   {n} streams: added p50 {ms(r['added_p50_s'])} ms, p99 {ms(r['added_p99_s'])} ms"
-        + (f", Daphne CPU {cpu['daphne']:.0f}%" if cpu else ""),
+        + (f", Daphne CPU {cpu['daphne']:.0f}%" if cpu else "")
+        + (
+            f", longest Redis channel queue {r['redis_queue']['peak_messages_per_channel']}"
+            f" messages ({r['redis_queue']['samples']} samples)"
+            if "redis_queue" in r
+            else ""
+        ),
         flush=True,
     )
 

@@ -187,13 +187,16 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # capacity: messages waiting per channel before channels_redis drops new ones
-            # (silently, for group sends). Deltas to the asking socket bypass the layer;
-            # watchers get one flush per 50 ms, so a channel rarely holds more than a few.
+            # (group sends only log it, at INFO). The channels of one process share ONE
+            # Redis queue ("specific.<process>!"): 1,000 answers starting at once queued
+            # 1,000 messages there and hit the default (docs/benchmarks.md), so that
+            # queue gets room for a burst of a whole process; messages expire in 30 s.
             "CONFIG": {
                 # redis-py 8 reads with a 5 s timeout and refuses the 101st connection by
                 # default: under load that killed consumers (docs/benchmarks.md).
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 60, "max_connections": 2000}],
                 "capacity": 1000,
+                "channel_capacity": {"specific.*": 100_000},
                 "expiry": 30,
                 "prefix": REDIS_PREFIX,
             },
@@ -290,5 +293,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.getenv("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        # It reports messages dropped at a full channel at INFO: always show them.
+        "channels_redis": {"level": "INFO"},
+    },
 }

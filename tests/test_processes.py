@@ -127,3 +127,48 @@ async def test_a_tab_on_another_process_gets_every_chunk_in_order(
     group_deltas = len([f for f in relayed if f["type"] == "delta"])
     assert 1 < group_deltas < 2000
     print(f"relayed {group_deltas} group deltas")
+
+
+LAYER_BURST = """
+import asyncio, django
+django.setup()
+from channels.layers import get_channel_layer
+
+async def main():
+    layer = get_channel_layer()
+    channels = [await layer.new_channel() for _ in range(100)]
+    for n, channel in enumerate(channels):
+        await layer.group_add(f"burst-{n}", channel)  # one conversation each
+    for i in range(15):
+        for n in range(len(channels)):
+            await layer.group_send(f"burst-{n}", {"type": "chat.x", "i": i})
+
+    async def drain(channel):
+        return [(await layer.receive(channel))["i"] for _ in range(15)]
+
+    try:
+        got = await asyncio.wait_for(asyncio.gather(*(drain(c) for c in channels)), 10)
+    except TimeoutError:
+        got = []
+    print(bool(got) and all(g == list(range(15)) for g in got))
+
+asyncio.run(main())
+"""
+
+
+def test_a_burst_of_group_messages_to_one_process_is_not_dropped(tmp_path) -> None:
+    # The channels of one process share one Redis queue: 100 sockets, each in a group of
+    # its own, × 15 messages is 1,500 waiting there, past channels_redis's default
+    # capacity of 1,000 per queue (as when 1,000 answers start at once).
+    import subprocess
+    import sys
+    import uuid
+
+    env = app_env(tmp_path, "http://127.0.0.1:9/v1", REDIS_URL="redis://127.0.0.1:6379/15")
+    env["REDIS_PREFIX"] = f"test-burst-{uuid.uuid4().hex[:8]}"
+    env["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
+    out = subprocess.run(
+        [sys.executable, "-c", LAYER_BURST], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
