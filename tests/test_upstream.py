@@ -719,6 +719,28 @@ async def test_it_does_not_count_the_consumers_own_time_as_upstream_silence(
     assert answer.content == "abc"
 
 
+async def test_a_stop_during_a_read_stays_a_stop(
+    server: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    # The read deadline cancels the task to interrupt a read; a cancel that is not its own
+    # (Stop, shutdown) must come out as CancelledError, not as a timeout.
+    server.queue(Reply(body=sse(chunk("Some "), done=False), end="stall"))
+    upstream = make(server, client, timeouts=Timeouts(idle=0.3, first_token=0.3))
+    answer = Answer()
+
+    async def consume_all() -> None:
+        async for _ in upstream.stream(answer, "grok-test", MESSAGES):
+            pass
+
+    task = asyncio.create_task(consume_all())
+    await asyncio.sleep(0.1)  # the first delta is in; the next read waits
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert answer.content == "Some "
+    await asyncio.sleep(0.5)  # past the deadline: no timer left behind fires
+
+
 async def test_it_does_not_cancel_the_consumer_after_it_walks_away(
     server: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
