@@ -23,6 +23,7 @@ import orjson
 
 from chat.billing import Price, price_from_language_model
 from chat.sse import Event, EventDecoder
+from chat.transport import AsyncioTransport
 
 logger = logging.getLogger(__name__)
 
@@ -515,7 +516,9 @@ def shared_client(connect_timeout: float = 10.0) -> httpx.AsyncClient:
         client = httpx.AsyncClient(
             # Our own deadlines (first token, idle, total) replace httpx's read timeout.
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            transport=AsyncioTransport(
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+            ),
         )
         _clients[loop] = client
     return client
@@ -660,7 +663,10 @@ class Upstream:
                     yield delta
                 if failure is not None:
                     raise failure  # after what came before it in the same read
-                if ended or chunk is None:
+                if ended:
+                    await self._finish_body(reads, watchdog, min(deadline, loop.time() + 1.0))
+                    return
+                if chunk is None:
                     return
                 # Keepalives and empty deltas still prove the upstream is alive.
                 until = next_deadline()
@@ -707,6 +713,30 @@ class Upstream:
                 await reads.aclose()
             if response is not None:
                 await response.aclose()
+
+    @staticmethod
+    async def _finish_body(
+        reads: AsyncGenerator[bytes, None], watchdog: _ReadDeadline, until: float
+    ) -> None:
+        """Read what follows the stream's end (the HTTP body's last bytes), so that the
+        connection goes back to the pool: otherwise every answer opened a new connection,
+        a TCP and TLS handshake before its first token. Given up, and the connection
+        closed, after 64 KiB or past `until`."""
+        left = 65536
+        while left > 0:
+            watchdog.start(until)
+            try:
+                rest = await anext(reads, None)
+            except asyncio.CancelledError:
+                if watchdog.expired():
+                    return
+                raise
+            except httpx.HTTPError:
+                return  # the answer is complete: a broken tail changes nothing
+            watchdog.stop()
+            if rest is None:
+                return
+            left -= len(rest)
 
     async def _check_response(self, response: httpx.Response) -> None:
         if response.status_code != 200:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chat.transport import AsyncioTransport
 from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
 from tests.fake_upstream import FakeUpstream, Reply, chunk, json_reply, sse, transcript
 
@@ -36,10 +37,24 @@ def server(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client(sockets: str) -> AsyncIterator[httpx.AsyncClient]:
     # Like the app's shared client: our own deadlines replace httpx's read timeout.
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
+    timeout = httpx.Timeout(10.0, read=None)
+    async with httpx.AsyncClient(timeout=timeout, transport=make_transport(sockets)) as client:
         yield client
+
+
+@pytest.fixture(params=["asyncio", "anyio"])
+def sockets(request: pytest.FixtureRequest) -> str:
+    """Every test runs on the app's sockets (chat/transport.py) and on httpx's own."""
+    return request.param
+
+
+def make_transport(sockets: str, limits: httpx.Limits | None = None) -> httpx.AsyncHTTPTransport:
+    limits = limits or httpx.Limits()
+    if sockets == "asyncio":
+        return AsyncioTransport(limits=limits)
+    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 class Sleeps:
@@ -883,7 +898,7 @@ def first_then_stall() -> Reply:
 
 
 async def test_it_does_not_leak_pool_connections_when_consumers_are_cancelled(
-    server: FakeUpstream,
+    server: FakeUpstream, sockets: str
 ) -> None:
     # Before the fix, a consumer that held the generator in a variable and was cancelled
     # after its first delta left the stream in a reference cycle (asyncio.timeout keeps
@@ -892,7 +907,8 @@ async def test_it_does_not_leak_pool_connections_when_consumers_are_cancelled(
     server.default = first_then_stall()
     limits = httpx.Limits(max_connections=5, max_keepalive_connections=5)
     timeout = httpx.Timeout(10.0, read=None, pool=10.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as pool_client:
+    transport = make_transport(sockets, limits)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as pool_client:
         upstream = Upstream(server.base_url, API_KEY, client=pool_client, max_retries=0)
 
         async def consumer(started: asyncio.Semaphore, mode: int) -> None:
