@@ -206,10 +206,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "history_dropped": dropped,
         }
         await self.send_json(start)
-        await self.channel_layer.group_send(
-            viewers_group(conversation.id),
-            {"type": "chat.start", "frame": start, "origin": self.channel_name},
-        )
+        # The upstream request goes out before the other tabs are told (a round trip to
+        # Redis in production): it is on the way to the first token, they are not.
         AnswerRun(
             user_id=self.user.id,
             conversation_id=conversation.id,
@@ -220,6 +218,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             origin=self.channel_name,
             price=price,
         ).start()
+        await self.channel_layer.group_send(
+            viewers_group(conversation.id),
+            {"type": "chat.start", "frame": start, "origin": self.channel_name},
+        )
 
     async def watch(self, conversation_id: int, announce: bool = True, owned: bool = False) -> None:
         if self.watching != conversation_id:
