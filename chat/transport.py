@@ -8,7 +8,8 @@ keeps reading into a buffer while there is room, answers a read from the buffer 
 can, and waits on one future when it cannot. Everything above it, the HTTP/1.1 state
 machine, the connection pool and httpx's API, is unchanged.
 
-Proxies from the environment keep httpx's own transports (httpx mounts them apart).
+httpx does not apply proxy variables (HTTPS_PROXY, ...) to a transport it is given, so
+`chat.upstream.shared_client` uses httpx's own transport where one is set.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+import urllib.request
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -513,12 +514,15 @@ def shared_client(connect_timeout: float = 10.0) -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        # httpx ignores the proxy variables (HTTPS_PROXY, ...) once given a transport:
+        # where one is set, its own transport (which honours them) serves instead.
+        proxied = any(scheme != "no" for scheme in urllib.request.getproxies())
         client = httpx.AsyncClient(
             # Our own deadlines (first token, idle, total) replace httpx's read timeout.
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
-            transport=AsyncioTransport(
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-            ),
+            limits=limits,
+            transport=None if proxied else AsyncioTransport(limits=limits),
         )
         _clients[loop] = client
     return client

@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from chat.transport import HIGH_WATER, AsyncioTransport
-from chat.upstream import Answer, Upstream, UpstreamError
+from chat.upstream import Answer, Upstream, UpstreamError, shared_client
 
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -24,15 +24,17 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 @asynccontextmanager
 async def http_server(
-    handler: Handler, ssl_context: ssl.SSLContext | None = None
+    handler: Handler, ssl_context: ssl.SSLContext | None = None, heads: list[bytes] | None = None
 ) -> AsyncIterator[str]:
     """A loopback HTTP/1.1 server; `handler(body, reader, writer)` answers each request and
-    says whether to keep the connection open."""
+    says whether to keep the connection open. Request heads are kept in `heads`."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if heads is not None:
+                    heads.append(head)
                 length = 0
                 for line in head.split(b"\r\n"):
                     name, _, value = line.partition(b":")
@@ -191,3 +193,23 @@ async def test_it_moves_bodies_many_times_its_buffer_both_ways_intact() -> None:
                         await asyncio.sleep(0.001)  # a slow reader: the buffer fills up
     assert received == [size]
     assert bytes(got) == bytes(range(256)) * (size // 256)
+
+
+async def test_the_apps_client_still_goes_through_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    heads: list[bytes] = []
+    async with http_server(stream_reply, heads=heads) as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.removesuffix("/v1"))
+        client = shared_client()
+        try:
+            upstream = Upstream("http://upstream.invalid/v1", "key", client=client, max_retries=0)
+            answer = Answer()
+            async for _ in upstream.stream(answer, "grok-test", MESSAGES):
+                pass
+        finally:
+            await client.aclose()
+    assert answer.content == "Olá over TLS!"  # the proxy's reply (the helper's text)
+    assert heads[0].startswith(b"POST http://upstream.invalid/v1/chat/completions HTTP/1.1")
