@@ -225,11 +225,12 @@ class AsyncioTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits | None = None,
     ) -> None:
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        super().__init__(verify=verify, limits=limits)
+        ssl_context = httpx.create_ssl_context(verify=verify)  # loads the CA bundle once
+        super().__init__(verify=ssl_context, limits=limits)
         # httpx 0.28 (pinned) has no parameter for the backend: the pool it made is
         # replaced before any connection exists. Its methods use `self._pool` only.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
