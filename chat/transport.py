@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import httpcore
@@ -90,7 +90,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if not protocol.chunks and not protocol.eof:
             protocol.reader = asyncio.get_running_loop().create_future()
             try:
-                if timeout is None:
+                if timeout is None:  # the stream's reads: no timer (nor frame) per chunk
                     await protocol.reader
                 else:
                     async with asyncio.timeout(timeout):
@@ -181,19 +181,14 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=(local_address, 0) if local_address else None
-                )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection within {timeout:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from None
-        sock = transport.get_extra_info("socket")
+        local = (local_address, 0) if local_address else None
+        stream = await _connect(
+            loop.create_connection(_Protocol, host, port, local_addr=local), timeout
+        )
+        sock = stream.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+        return stream
 
     async def connect_unix_socket(
         self,
@@ -202,17 +197,24 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(_Protocol, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection within {timeout:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from None
-        return AsyncioStream(transport, protocol)
+        return await _connect(loop.create_unix_connection(_Protocol, path), timeout)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connect(
+    connecting: Awaitable[tuple[asyncio.BaseTransport, _Protocol]], timeout: float | None
+) -> AsyncioStream:
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await connecting
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"no connection within {timeout:g} s") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc)) from None
+    assert isinstance(transport, asyncio.Transport)
+    return AsyncioStream(transport, protocol)
 
 
 class AsyncioTransport(httpx.AsyncHTTPTransport):
