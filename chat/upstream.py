@@ -471,25 +471,28 @@ class _ReadDeadline:
         self._handle: asyncio.TimerHandle | None = None
         self._expired = False
 
-    def start(self, until: float) -> None:
+    async def read(self, reads: AsyncIterator[bytes], until: float) -> bytes | None:
+        """The next read of `reads` (None at its end); TimeoutError past `until`."""
         self._until = until
         self._reading = True
         if self._handle is None or self._handle.when() > until:
             self.close()
             self._handle = self._loop.call_at(until, self._check)
-
-    def stop(self) -> None:
-        self._reading = False
+        try:
+            return await anext(reads, None)
+        except asyncio.CancelledError:
+            task = self._task()
+            # Only this deadline's own cancel is a timeout; a Stop stays a cancel.
+            if self._expired and task is not None and task.uncancel() <= self._cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reading = False
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-    def expired(self) -> bool:
-        """After a CancelledError: was it this deadline's (and no one else's) doing?"""
-        task = self._task()
-        return self._expired and task is not None and task.uncancel() <= self._cancelling
 
     def _check(self) -> None:
         self._handle = None
@@ -633,14 +636,7 @@ class Upstream:
                 response.aiter_bytes() if encoded else response.aiter_raw(),
             )
             while True:
-                watchdog.start(until)
-                try:
-                    chunk = await anext(reads, None)
-                except asyncio.CancelledError:
-                    if watchdog.expired():
-                        raise TimeoutError from None
-                    raise
-                watchdog.stop()
+                chunk = await watchdog.read(reads, until)
                 events = decoder.end() if chunk is None else decoder.feed(chunk)
                 # The events of one read go out as one delta: what arrived together is
                 # relayed together, in order, and costs one trip through the relay.
@@ -728,16 +724,10 @@ class Upstream:
         closed, after 64 KiB or past `until`."""
         left = 65536
         while left > 0:
-            watchdog.start(until)
             try:
-                rest = await anext(reads, None)
-            except asyncio.CancelledError:
-                if watchdog.expired():
-                    return
-                raise
-            except httpx.HTTPError:
-                return  # the answer is complete: a broken tail changes nothing
-            watchdog.stop()
+                rest = await watchdog.read(reads, until)
+            except (TimeoutError, httpx.HTTPError):
+                return  # the answer is complete: a slow or broken tail changes nothing
             if rest is None:
                 return
             left -= len(rest)
