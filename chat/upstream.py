@@ -238,7 +238,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def _data(event: Event) -> Any:
     data = event.data
-    if not data.strip():
+    if not data or data.isspace():  # (strip() would copy every chunk's text)
         return None
     try:
         return _loads(data)
