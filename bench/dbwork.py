@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 from bench import harness
-from bench.harness import UpstreamProcess, ask_text, run_worker, summary
+from bench.harness import UpstreamProcess, ask_text, run_worker, summary, summary_losses
 
 NAME = "4 dbwork"
 
@@ -89,14 +89,7 @@ def _print(r: dict) -> int:
         flat,
         timing=False,
     )
-    summary(
-        NAME,
-        "chunks lost or reordered, answers failed",
-        "none" if not errors else f"{len(errors)} problems (above)",
-        "none",
-        not errors,
-        timing=False,
-    )
+    summary_losses(NAME, errors)
     return (0 if flat else 1) + len(errors)
 
 

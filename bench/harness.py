@@ -83,6 +83,18 @@ def summary(
     SUMMARY.append((scenario, figure, value, target, verdict))
 
 
+def summary_losses(scenario: str, errors: list[str]) -> None:
+    """The closing table's row for what every scenario checks: nothing lost or reordered."""
+    summary(
+        scenario,
+        "chunks lost or reordered, answers failed",
+        "none" if not errors else f"{len(errors)} problems (above)",
+        "none",
+        not errors,
+        timing=False,
+    )
+
+
 def load() -> str:
     """The 1, 5 and 15 minute load averages: other work on the machine skews timings."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())

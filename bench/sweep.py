@@ -38,6 +38,7 @@ from bench.harness import (
     relay_rig,
     split_failures,
     summary,
+    summary_losses,
 )
 from bench.harness import RESULTS as ALL_RESULTS
 from bench.profile import profiled
@@ -271,11 +272,4 @@ def _print(results: dict, seconds: float) -> None:
             "p99 <= 50 ms" if n == 1000 else "",
             r["added_p99_s"] <= 0.050 if n == 1000 else None,
         )
-    summary(
-        NAME,
-        "chunks lost or reordered, answers failed",
-        "none" if not errors else f"{len(errors)} problems (above)",
-        "none",
-        not errors,
-        timing=False,
-    )
+    summary_losses(NAME, errors)

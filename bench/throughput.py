@@ -28,6 +28,7 @@ from bench.harness import (
     quiet,
     relay_rig,
     summary,
+    summary_losses,
 )
 from bench.profile import profiled
 
@@ -144,11 +145,4 @@ def _print(r: dict) -> None:
         ">= 0.9",
         ratio_slow >= 0.9,
     )
-    summary(
-        NAME,
-        "chunks lost or reordered, answers failed",
-        "none" if not r["errors"] else f"{len(r['errors'])} problems (above)",
-        "none",
-        not r["errors"],
-        timing=False,
-    )
+    summary_losses(NAME, r["errors"])

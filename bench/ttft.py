@@ -31,6 +31,7 @@ from bench.harness import (
     relay_rig,
     split_failures,
     summary,
+    summary_losses,
 )
 from bench.profile import profiled
 
@@ -140,11 +141,4 @@ def _print(r: dict) -> None:
             "p50 <= 3 ms, p99 <= 15 ms" if last else "",
             (level["added_p50_ms"] <= 3 and level["added_p99_ms"] <= 15) if last else None,
         )
-    summary(
-        NAME,
-        "chunks lost or reordered, answers failed",
-        "none" if not r["errors"] else f"{len(r['errors'])} problems (above)",
-        "none",
-        not r["errors"],
-        timing=False,
-    )
+    summary_losses(NAME, r["errors"])
