@@ -181,13 +181,28 @@ def server(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
 
 
 async def chat(server: FakeUpstream, body: bytes, style: str = "chat_completions") -> Answer:
-    server.queue(Reply(body=body, pieces="random"))
-    answer = Answer()
+    answer, _, failure = await collect(server, Reply(body=body, pieces="random"), style)
+    if failure is not None:
+        raise failure
+    return answer
+
+
+async def collect(
+    server: FakeUpstream, reply: Reply, style: str = "chat_completions"
+) -> tuple[Answer, list[str], Exception | None]:
+    """Stream `reply` through Upstream: the answer, each delta's text, and the failure."""
+    server.queue(reply)
+    answer, deltas, failure = Answer(), [], None
     async with httpx.AsyncClient() as client:
         upstream = Upstream(server.base_url, "key", style, client=client, max_retries=0)
-        async for _ in upstream.stream(answer, "grok-test", [{"role": "user", "content": "hi"}]):
-            pass
-    return answer
+        try:
+            async for delta in upstream.stream(
+                answer, "grok-test", [{"role": "user", "content": "hi"}]
+            ):
+                deltas.append(delta.content)
+        except Exception as exc:
+            failure = exc
+    return answer, deltas, failure
 
 
 def data_line(obj: object) -> bytes:
@@ -240,21 +255,6 @@ async def test_it_keeps_line_separators_inside_json_strings(server: FakeUpstream
     body = "data: " + json.dumps(chunk(text), ensure_ascii=False) + "\n\ndata: [DONE]\n\n"
     answer = await chat(server, body.encode())
     assert answer.content == text
-
-
-async def collect(server: FakeUpstream, reply: Reply) -> tuple[Answer, list[str], Exception | None]:
-    server.queue(reply)
-    answer, deltas, failure = Answer(), [], None
-    async with httpx.AsyncClient() as client:
-        upstream = Upstream(server.base_url, "key", client=client, max_retries=0)
-        try:
-            async for delta in upstream.stream(
-                answer, "grok-test", [{"role": "user", "content": "hi"}]
-            ):
-                deltas.append(delta.content)
-        except Exception as exc:
-            failure = exc
-    return answer, deltas, failure
 
 
 async def test_it_relays_the_events_of_one_read_as_one_delta_in_order(server: FakeUpstream) -> None:

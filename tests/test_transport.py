@@ -71,13 +71,16 @@ def response(body: bytes, content_type: str = "text/event-stream") -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-async def answer_with(url: str, transport: httpx.AsyncBaseTransport) -> Answer:
+async def ask(upstream: Upstream) -> Answer:
     answer = Answer()
-    async with httpx.AsyncClient(transport=transport, timeout=5) as client:
-        upstream = Upstream(url, "key", client=client, max_retries=0)
-        async for _ in upstream.stream(answer, "grok-test", MESSAGES):
-            pass
+    async for _ in upstream.stream(answer, "grok-test", MESSAGES):
+        pass
     return answer
+
+
+async def answer_with(url: str, transport: httpx.AsyncBaseTransport) -> Answer:
+    async with httpx.AsyncClient(transport=transport, timeout=5) as client:
+        return await ask(Upstream(url, "key", client=client, max_retries=0))
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +131,7 @@ async def test_it_opens_a_new_connection_when_the_server_closed_the_idle_one() -
             upstream = Upstream(url, "key", client=client, max_retries=0)
             for _ in range(3):
                 await asyncio.sleep(0.1)  # the close reaches the idle connection
-                answer = Answer()
-                async for _ in upstream.stream(answer, "grok-test", MESSAGES):
-                    pass
-                assert answer.content == "again"
+                assert (await ask(upstream)).content == "again"
 
 
 async def test_answers_one_after_another_reuse_one_connection() -> None:
@@ -147,8 +147,7 @@ async def test_answers_one_after_another_reuse_one_connection() -> None:
         async with httpx.AsyncClient(transport=AsyncioTransport(), timeout=5) as client:
             upstream = Upstream(url, "key", client=client, max_retries=0)
             for _ in range(3):
-                async for _ in upstream.stream(Answer(), "grok-test", MESSAGES):
-                    pass
+                await ask(upstream)
     assert len(peers) == 3 and len(set(peers)) == 1
 
 
@@ -206,9 +205,7 @@ async def test_the_apps_client_still_goes_through_a_proxy_from_the_environment(
         client = shared_client()
         try:
             upstream = Upstream("http://upstream.invalid/v1", "key", client=client, max_retries=0)
-            answer = Answer()
-            async for _ in upstream.stream(answer, "grok-test", MESSAGES):
-                pass
+            answer = await ask(upstream)
         finally:
             await client.aclose()
     assert answer.content == "Olá over TLS!"  # the proxy's reply (the helper's text)
