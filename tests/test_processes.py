@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -160,12 +162,8 @@ def test_a_burst_of_group_messages_to_one_process_is_not_dropped(tmp_path) -> No
     # The channels of one process share one Redis queue: 100 sockets, each in a group of
     # its own, × 15 messages is 1,500 waiting there, past channels_redis's default
     # capacity of 1,000 per queue (as when 1,000 answers start at once).
-    import subprocess
-    import sys
-    import uuid
-
+    # (app_env gives the run a Redis prefix of its own.)
     env = app_env(tmp_path, "http://127.0.0.1:9/v1", REDIS_URL="redis://127.0.0.1:6379/15")
-    env["REDIS_PREFIX"] = f"test-burst-{uuid.uuid4().hex[:8]}"
     env["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
     out = subprocess.run(
         [sys.executable, "-c", LAYER_BURST], env=env, capture_output=True, text=True, timeout=120
