@@ -12,6 +12,23 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+# The token counters, defined once: the ledger's and the daily totals' columns, the frames'
+# usage, the reports, the CSV and the page's meta line all follow this list, in this order.
+@dataclass(frozen=True)
+class TokenCounter:
+    field: str  # the name on Usage, UsageDay, the usage frame and the CSV
+    label: str  # the column header and the meta line's word
+
+
+TOKEN_COUNTERS = (
+    TokenCounter("prompt_tokens", "Prompt"),
+    TokenCounter("cached_prompt_tokens", "Cached"),
+    TokenCounter("completion_tokens", "Completion"),
+    TokenCounter("reasoning_tokens", "Reasoning"),
+    TokenCounter("total_tokens", "Total"),
+)
+TOKEN_FIELDS = tuple(counter.field for counter in TOKEN_COUNTERS)
+
 TICKS_PER_USD = 10**10
 # USD per million tokens -> ticks per token.
 TICKS_PER_TOKEN_PER_USD_PER_MILLION = TICKS_PER_USD // 10**6

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TRANSCRIPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "upstream-transcripts"
+# Copied from the team's shared recordings with their SOURCES.md (provenance and licence).
+TRANSCRIPTS = Path(__file__).resolve().parent / "fixtures" / "upstream"
 
 
 def transcript(name: str) -> bytes:

@@ -1,7 +1,7 @@
 """The upstream client against a real loopback HTTP server (tests/fake_upstream.py).
 
 Expected values for the recorded transcripts are copied from
-/work/shared/upstream-transcripts/SOURCES.md, never computed with the code under test.
+tests/fixtures/upstream/SOURCES.md, never computed with the code under test.
 """
 
 from __future__ import annotations
