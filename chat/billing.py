@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
+
 
 # The token counters, defined once: the ledger's and the daily totals' columns, the frames'
 # usage, the reports, the CSV and the page's meta line all follow this list, in this order.
@@ -133,7 +134,7 @@ def price_from_language_model(item: dict[str, Any]) -> Price | None:
     )
 
 
-def _whole(value: Any) -> bool:
+def _whole(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
