@@ -2,17 +2,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
+from django.contrib.auth import models as auth_models
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import connection, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -92,12 +94,12 @@ class LoginView(auth_views.LoginView):
     # Failed logins are throttled (chat.login_throttle); the form says when it is locked.
     form_class = ThrottledAuthenticationForm
 
-    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not get_user_model().objects.exists():
             return redirect("setup")
         return super().dispatch(request, *args, **kwargs)
 
-    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         response = super().form_invalid(form)
         if form.has_error(NON_FIELD_ERRORS, "locked"):
             response.status_code = 429
@@ -109,7 +111,8 @@ def setup(request: HttpRequest) -> HttpResponse:
     User = get_user_model()
     if User.objects.exists():
         return redirect("login")
-    form = UserCreationForm(request.POST or None)
+    # UserCreationForm's model is django.contrib.auth's User, whatever get_user_model() says.
+    form: UserCreationForm[auth_models.User] = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
             if User.objects.select_for_update().exists():
@@ -148,6 +151,8 @@ async def _channel_layer_answers(timeout: float = 2.0) -> bool:
     """A message sent to a fresh channel of the layer comes back."""
     try:
         layer = get_channel_layer()
+        if layer is None:
+            raise LookupError("no channel layer is configured")
         channel = await layer.new_channel()
         async with asyncio.timeout(timeout):
             await layer.send(channel, {"type": "health.check"})
