@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-services install lint chromium check-deploy
+.PHONY: run test test-services install lint typecheck chromium check-deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ REDIS_TEST_URL := redis://127.0.0.1:6379/14
 test: $(STAMP) chromium check-deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/pytest
 	@$(MAKE) --no-print-directory test-services
 
@@ -58,6 +59,10 @@ test-services: $(STAMP)
 	  echo "!! SKIPPED: the PostgreSQL + Redis run (see the line above for what is missing)"; \
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; echo; \
 	fi
+
+# mypy with django-stubs over chat/ and chatsite/ ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
