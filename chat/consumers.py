@@ -139,9 +139,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if started.created:
             await self.send_json(frames.conversation(conversation, answer.model))
         await self.watch(conversation.id, announce=False, owned=True)
-        start = frames.message_start(
-            conversation.id, started.user_message, answer, answer.model, started.dropped
-        )
+        start = frames.message_start(started.user_message, answer, started.dropped)
         await self.send_json(start)
         # The upstream request goes out before the other tabs are told (a round trip to
         # Redis in production): it is on the way to the first token, they are not.

@@ -54,19 +54,18 @@ def snapshot(message_id: int, conversation_id: int, content: str, reasoning: str
     }
 
 
-def message_start(
-    conversation_id: int,
-    user_message: Message,
-    answer: Message,
-    model: str,
-    history_dropped: int,
-) -> Frame:
+def message_start(user_message: Message, answer: Message, history_dropped: int) -> Frame:
     """`message.start`: the answer is about to stream (protocol.md)."""
     return {
         "type": "message.start",
-        "conversation_id": conversation_id,
+        "conversation_id": answer.conversation_id,
         "user_message": {"id": user_message.id, "role": "user", "content": user_message.content},
-        "message": {"id": answer.id, "role": "assistant", "state": "streaming", "model": model},
+        "message": {
+            "id": answer.id,
+            "role": "assistant",
+            "state": answer.state,
+            "model": answer.model,
+        },
         "history_dropped": history_dropped,
     }
 
