@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from chat import frames
@@ -21,6 +20,9 @@ from chat.billing import Price, fit_history
 from chat.limits import refusal_for
 from chat.models import Budget, Conversation, Message, ModelPrice
 from chat.streams import worker_id
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
@@ -48,7 +50,7 @@ class StartedAnswer:
     price: Price | None  # in force now, when the request is made
 
 
-def check_session(user: AbstractBaseUser, session_key: str | None) -> None:
+def check_session(user: User, session_key: str | None) -> None:
     """Refuse unless the session a socket was opened with is still logged in as `user`. (A
     backstop for a logout whose group message was lost: each request checks the store.)"""
     if not session_key:
@@ -59,7 +61,7 @@ def check_session(user: AbstractBaseUser, session_key: str | None) -> None:
 
 
 def start_answer(
-    user: AbstractBaseUser,
+    user: User,
     session_key: str | None,
     conversation_id: int | None,
     text: str,
