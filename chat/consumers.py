@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from importlib import import_module
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -12,40 +11,18 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY, get_user_model, user_logged_out
-from django.db import transaction
+from django.contrib.auth import user_logged_out
 from django.dispatch import receiver
 
-from chat.billing import Price, fit_history
-from chat.limits import refusal_for
-from chat.models import Budget, Conversation, Message, ModelPrice
-from chat.streams import (
-    RUNNING,
-    AnswerRun,
-    control_group,
-    end_frame,
-    viewers_group,
-    worker_id,
-)
+from chat import frames
+from chat.models import Conversation, Message
+from chat.services import Refused, check_session, start_answer
+from chat.streams import RUNNING, AnswerRun, control_group, viewers_group
 
 logger = logging.getLogger(__name__)
-SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
-
 
 RECENT_ANSWERS = 10
-
-
-def answer_frame(message: Message) -> dict[str, Any]:
-    """How an answer ended, with its text: for a tab that was away when it did."""
-    return {
-        **end_frame(message, getattr(message, "usage", None)),
-        "content": message.content,
-        "reasoning": message.reasoning,
-    }
-
-
 CLOSE_LOGGED_OUT = 4401
-LOGGED_OUT = {"type": "error", "code": "logged_out", "message": "You have been logged out."}
 
 
 def session_group(session_key: str) -> str:
@@ -58,19 +35,7 @@ def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
     """Logging out closes that session's open sockets, in every process."""
     key = getattr(getattr(request, "session", None), "session_key", None)
     if key:
-        async_to_sync(get_channel_layer().group_send)(session_group(key), {"type": "session.ended"})
-
-
-class LoggedOut(Exception):
-    """The socket's session has ended: say so and close it."""
-
-
-class ClientError(Exception):
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
+        async_to_sync(get_channel_layer().group_send)(session_group(key), frames.session_ended())
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -103,11 +68,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         try:
             if not isinstance(content, dict):
-                raise ClientError("bad_frame", "A frame must be a JSON object.")
+                raise Refused("bad_frame", "A frame must be a JSON object.")
             kind = content.get("type")
             # (`send` checks the session in the same trip to the database as its writes.)
-            if kind in ("watch", "stop") and not await self._session_is_valid():
-                raise LoggedOut
+            if kind in ("watch", "stop"):
+                await database_sync_to_async(check_session)(self.user, self.session_key)
             if kind == "send":
                 await self.send_message(content)
             elif kind == "watch":
@@ -115,15 +80,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             elif kind == "stop":
                 await self.stop(self._int_field(content, "message_id"))
             elif kind == "ping":
-                await self.send_json({"type": "pong"})
+                await self.send_json(frames.pong())
             else:
-                raise ClientError("unknown_type", f"Unknown message type: {str(kind)[:50]!r}.")
-        except ClientError as exc:
-            await self.send_json(
-                {"type": "error", "code": exc.code, "message": exc.message, **exc.extra}
-            )
-        except LoggedOut:
-            await self._end_session()
+                raise Refused("unknown_type", f"Unknown message type: {str(kind)[:50]!r}.")
+        except Refused as exc:
+            if exc.code == frames.LOGGED_OUT_CODE:
+                await self._end_session()
+            else:
+                await self.send_json(frames.error(exc.code, exc.message, **exc.extra))
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
@@ -134,15 +98,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            await self.send_json(
-                {"type": "error", "code": "bad_frame", "message": "Send text frames of JSON."}
-            )
+            await self.send_json(frames.error("bad_frame", "Send text frames of JSON."))
             return
         content = await self.decode_json(text_data)
         if content is _BadJson:
-            await self.send_json(
-                {"type": "error", "code": "bad_json", "message": "That frame was not valid JSON."}
-            )
+            await self.send_json(frames.error("bad_json", "That frame was not valid JSON."))
             return
         await self.receive_json(content)
 
@@ -151,11 +111,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def send_message(self, content: dict[str, Any]) -> None:
         text = content.get("content")
         if not isinstance(text, str):
-            raise ClientError("bad_frame", "The field 'content' must be a string.")
+            raise Refused("bad_frame", "The field 'content' must be a string.")
         if not text.strip():
-            raise ClientError("empty", "Type a message first.")
+            raise Refused("empty", "Type a message first.")
         if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
-            raise ClientError(
+            raise Refused(
                 "too_long",
                 f"That message is {len(text)} characters long; the limit is "
                 f"{settings.CHAT_MAX_MESSAGE_CHARS}.",
@@ -165,46 +125,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             conversation_id = self._int_field(content, "conversation_id")
         model = content.get("model")
         if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 100):
-            raise ClientError("bad_frame", "The field 'model' must be a model name.")
+            raise Refused("bad_frame", "The field 'model' must be a model name.")
         if not settings.XAI_API_KEY:
-            raise ClientError(
+            raise Refused(
                 "no_api_key",
                 "No xAI API key is configured. Set XAI_API_KEY and restart the app.",
             )
 
-        conversation, created, user_message, answer, history, price = await self._start_answer(
-            conversation_id, text, model
+        started = await database_sync_to_async(start_answer)(
+            self.user, self.session_key, conversation_id, text, model
         )
-        model = answer.model
-        room = settings.CHAT_CONTEXT_TOKENS - settings.CHAT_ANSWER_RESERVE_TOKENS
-        history, dropped = fit_history(history, max(room, 1))
-        if dropped:
-            logger.info("answer %s: %d oldest messages left out to fit", answer.id, dropped)
-        if created:
-            await self.send_json(
-                {
-                    "type": "conversation",
-                    "conversation": {
-                        "id": conversation.id,
-                        "title": conversation.title,
-                        "model": model,
-                    },
-                }
-            )
+        conversation, answer = started.conversation, started.answer
+        if started.created:
+            await self.send_json(frames.conversation(conversation, answer.model))
         await self.watch(conversation.id, announce=False, owned=True)
-        start = {
-            "type": "message.start",
-            "conversation_id": conversation.id,
-            "user_message": {"id": user_message.id, "role": "user", "content": text},
-            "message": {
-                "id": answer.id,
-                "role": "assistant",
-                "state": Message.State.STREAMING,
-                "model": model,
-            },
-            # Older messages left out of what the model sees, to fit its context window.
-            "history_dropped": dropped,
-        }
+        start = frames.message_start(started.user_message, answer, started.dropped)
         await self.send_json(start)
         # The upstream request goes out before the other tabs are told (a round trip to
         # Redis in production): it is on the way to the first token, they are not.
@@ -212,23 +147,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             user_id=self.user.id,
             conversation_id=conversation.id,
             message_id=answer.id,
-            model=model,
-            history=history,
+            model=answer.model,
+            history=started.history,
             send=self.send_json,
             origin=self.channel_name,
-            price=price,
+            price=started.price,
         ).start()
         await self.channel_layer.group_send(
-            viewers_group(conversation.id),
-            {"type": "chat.start", "frame": start, "origin": self.channel_name},
+            viewers_group(conversation.id), frames.chat_start(start, self.channel_name)
         )
 
     async def watch(self, conversation_id: int, announce: bool = True, owned: bool = False) -> None:
         if self.watching != conversation_id:
             if not owned and not await self._owns_conversation(conversation_id):
-                raise ClientError(
-                    "not_found", "No such conversation.", conversation_id=conversation_id
-                )
+                raise Refused("not_found", "No such conversation.", conversation_id=conversation_id)
             if self.watching is not None:
                 await self.channel_layer.group_discard(
                     viewers_group(self.watching), self.channel_name
@@ -240,22 +172,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(viewers_group(conversation_id), self.channel_name)
         if announce:
             recent = await self._recent_answers(conversation_id)
-            await self.send_json(
-                {"type": "watching", "conversation_id": conversation_id, "recent": recent}
-            )
+            await self.send_json(frames.watching(conversation_id, recent))
             # Answers streaming now, here or in another process, reply with chat.snapshot.
             await self._ask_for_snapshot(conversation_id)
 
     async def stop(self, message_id: int) -> None:
         conversation_id = await self._streaming_answer_conversation(message_id)
         if conversation_id is None:
-            raise ClientError("not_found", "No such answer.", message_id=message_id)
+            raise Refused("not_found", "No such answer.", message_id=message_id)
         run = RUNNING.get(message_id)
         if run is not None:
             run.stop()
         else:
             await self.channel_layer.group_send(
-                control_group(conversation_id), {"type": "stream.stop", "message_id": message_id}
+                control_group(conversation_id), frames.stream_stop(message_id)
             )
 
     # -- helpers ---------------------------------------------------------------------
@@ -264,20 +194,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def _int_field(content: dict[str, Any], name: str) -> int:
         value = content.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ClientError("bad_frame", f"The field {name!r} must be a positive integer.")
+            raise Refused("bad_frame", f"The field {name!r} must be a positive integer.")
         return value
-
-    @database_sync_to_async
-    def _session_is_valid(self) -> bool:
-        return self._session_still_valid()
-
-    def _session_still_valid(self) -> bool:
-        """Is the session this socket was opened with still logged in? (A backstop for a
-        logout whose group message was lost: each request checks the session store.)"""
-        if not self.session_key:
-            return True  # a socket authenticated without a session (tests)
-        # A logged-out or expired session loads as empty.
-        return SessionStore(session_key=self.session_key).get(SESSION_KEY) == str(self.user.pk)
 
     @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:
@@ -285,47 +203,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not found:
             logger.warning("user %s asked for conversation %s", self.user.id, conversation_id)
         return found
-
-    @database_sync_to_async
-    def _start_answer(
-        self, conversation_id: int | None, text: str, model: str | None
-    ) -> tuple[Conversation, bool, Message, Message, list[dict[str, str]], Price | None]:
-        """Check the session and the user's limits, then save the message and an empty
-        answer, or nothing: one trip to the database thread before the upstream call."""
-        if not self._session_still_valid():
-            raise LoggedOut
-        with transaction.atomic():
-            budget = Budget.objects.for_user(self.user)
-            refusal = None
-            if budget is not None:
-                # Serialise one user's sends so that two at once can't both pass the limits.
-                get_user_model().objects.select_for_update().filter(pk=self.user.pk).exists()
-                refusal = refusal_for(self.user, budget)
-            if refusal is not None:
-                logger.info("user %s refused: %s", self.user.id, refusal.code)
-                extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
-                raise ClientError(refusal.code, refusal.message, **extra)
-            if conversation_id is None:
-                title = Conversation.title_from(text)
-                conversation = Conversation.objects.create(user=self.user, title=title)
-            else:
-                conversation = (
-                    Conversation.objects.for_user(self.user).filter(id=conversation_id).first()
-                )
-                if conversation is None:
-                    logger.warning(
-                        "user %s wrote to conversation %s", self.user.id, conversation_id
-                    )
-                    raise ClientError(
-                        "not_found", "No such conversation.", conversation_id=conversation_id
-                    )
-            model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
-            user_message, answer = conversation.start_answer(text, model, worker_id())
-            price = ModelPrice.price_for(model)
-        created = conversation_id is None
-        # A new conversation's history is the message just saved: no need to read it back.
-        history = [{"role": "user", "content": text}] if created else conversation.history()
-        return conversation, created, user_message, answer, history, price
 
     @database_sync_to_async
     def _recent_answers(self, conversation_id: int) -> list[dict[str, Any]]:
@@ -336,7 +213,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             .select_related("usage")
             .order_by("-id")[:RECENT_ANSWERS]
         )
-        return [answer_frame(answer) for answer in answers]
+        return [frames.recent_answer(answer) for answer in answers]
 
     @database_sync_to_async
     def _streaming_answer_conversation(self, message_id: int) -> int | None:
@@ -356,13 +233,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _ask_for_snapshot(self, conversation_id: int, message_id: int | None = None) -> None:
         """Answers streaming in the conversation (or just `message_id`), in whichever
         process, reply with chat.snapshot and from then on send deltas to the group."""
-        request = {"type": "stream.snapshot", "reply_to": self.channel_name}
-        if message_id is not None:
-            request["message_id"] = message_id
-        await self.channel_layer.group_send(control_group(conversation_id), request)
+        await self.channel_layer.group_send(
+            control_group(conversation_id), frames.stream_snapshot(self.channel_name, message_id)
+        )
 
     async def _end_session(self) -> None:
-        await self.send_json(LOGGED_OUT)
+        await self.send_json(frames.logged_out())
         await self.close(code=CLOSE_LOGGED_OUT)
 
     def _visible(self, event: dict[str, Any]) -> bool:
@@ -394,27 +270,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         known[0] = max(known[0], event["content_offset"] + len(event["content"]))
         known[1] = max(known[1], event["reasoning_offset"] + len(event["reasoning"]))
         if content or reasoning:
-            await self.send_json(
-                {
-                    "type": "delta",
-                    "message_id": event["message_id"],
-                    "content": content,
-                    "reasoning": reasoning,
-                }
-            )
+            await self.send_json(frames.delta(event["message_id"], content, reasoning))
 
     async def chat_snapshot(self, event: dict[str, Any]) -> None:
         if event["conversation_id"] != self.watching:
             return
         self.known[event["message_id"]] = [len(event["content"]), len(event["reasoning"])]
         await self.send_json(
-            {
-                "type": "snapshot",
-                "message_id": event["message_id"],
-                "conversation_id": event["conversation_id"],
-                "content": event["content"],
-                "reasoning": event["reasoning"],
-            }
+            frames.snapshot(
+                event["message_id"], event["conversation_id"], event["content"], event["reasoning"]
+            )
         )
 
     async def session_ended(self, event: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat.billing import Price
+from chat import frames
+from chat.billing import TOKEN_FIELDS, Price
 from chat.models import Message, Usage, streams_started_after
 from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
 
@@ -239,14 +240,8 @@ class AnswerRun:
             self._outbox_ready.clear()
             out, self._outbox = self._outbox, Delta()
             if (out.content or out.reasoning) and self._send is not None:
-                frame = {
-                    "type": "delta",
-                    "message_id": self.message_id,
-                    "content": out.content,
-                    "reasoning": out.reasoning,
-                }
                 try:
-                    await self._send(frame)
+                    await self._send(frames.delta(self.message_id, out.content, out.reasoning))
                 except Exception:  # the socket went away between two deltas
                     self._send = None
                     self.origin = None
@@ -284,15 +279,14 @@ class AnswerRun:
         try:
             await self.layer.group_send(
                 viewers_group(self.conversation_id),
-                {
-                    "type": "chat.delta",
-                    "message_id": self.message_id,
-                    "content": pending.content,
-                    "reasoning": pending.reasoning,
-                    "content_offset": content_offset,
-                    "reasoning_offset": reasoning_offset,
-                    "origin": self.origin,
-                },
+                frames.chat_delta(
+                    self.message_id,
+                    pending.content,
+                    pending.reasoning,
+                    content_offset,
+                    reasoning_offset,
+                    self.origin,
+                ),
             )
         except Exception as exc:  # watchers see the gap by its offsets and ask for a snapshot
             logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
@@ -317,13 +311,9 @@ class AnswerRun:
                 await self.layer.send(request["reply_to"], self.snapshot_event())
 
     def snapshot_event(self) -> dict[str, Any]:
-        return {
-            "type": "chat.snapshot",
-            "message_id": self.message_id,
-            "conversation_id": self.conversation_id,
-            "content": self.answer.content,
-            "reasoning": self.answer.reasoning,
-        }
+        return frames.chat_snapshot(
+            self.message_id, self.conversation_id, self.answer.content, self.answer.reasoning
+        )
 
     async def _finish(self, state: str, error: str, started: float) -> None:
         if self._checkpoint is not None:
@@ -360,7 +350,7 @@ class AnswerRun:
             ttft_ms=ttft_ms,
             duration_ms=duration_ms,
         )
-        frame = end_frame(message, message.usage)
+        frame = frames.message_end(message, message.usage)
         if self._send is not None:
             try:
                 await self._send(frame)
@@ -368,8 +358,7 @@ class AnswerRun:
                 self.origin = None
         try:
             await self.layer.group_send(
-                viewers_group(self.conversation_id),
-                {"type": "chat.end", "frame": frame, "origin": self.origin},
+                viewers_group(self.conversation_id), frames.chat_end(frame, self.origin)
             )
         except Exception as exc:  # saved and sent to the asker already; watchers reload
             logger.warning("answer %s: could not tell the watchers: %r", self.message_id, exc)
@@ -387,41 +376,7 @@ def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
         }
     if not answer.accepted:
         # Refused (an error status) or never reached: the upstream generated nothing.
-        return {key: 0 for key in USAGE_KEYS} | {"source": Usage.Source.NONE}
+        return {field: 0 for field in TOKEN_FIELDS} | {"source": Usage.Source.NONE}
     # The stream ended before its usage report: the prompt as sent and the partial answer.
     prompt = [turn["content"] for turn in history]
     return Usage.estimated(prompt, answer.content, answer.reasoning)
-
-
-def end_frame(message: Message, usage: Usage | None) -> dict[str, Any]:
-    """The `message.end` frame of a finished answer (docs/protocol.md)."""
-    return {
-        "type": "message.end",
-        "message_id": message.id,
-        "conversation_id": message.conversation_id,
-        "state": message.state,
-        "error": message.error or None,
-        "model": message.model,
-        "finish_reason": message.finish_reason,
-        "ttft_ms": message.ttft_ms,
-        "duration_ms": message.duration_ms,
-        "usage": usage_frame(usage) if usage else None,
-    }
-
-
-def usage_frame(usage: Usage) -> dict[str, Any]:
-    return {
-        **{key: getattr(usage, key) for key in USAGE_KEYS},
-        "source": usage.source,
-        "cost_usd": usage.cost_usd_text or None,
-        "cost_source": usage.cost_source,
-    }
-
-
-USAGE_KEYS = (
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-)

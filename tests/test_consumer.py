@@ -95,17 +95,21 @@ async def test_it_sends_the_conversation_history(upstream, alice, socket_for):
 async def test_stop_keeps_the_partial_answer(upstream, alice, socket_for):
     upstream.queue(slow_stream(count=400, delay=0.02))
     socket = await socket_for(alice)
-    await socket.send(type="send", content="count", conversation_id=None, model=None)
+    await socket.send(type="send", content="x" * 400, conversation_id=None, model=None)
     start, _ = await socket.until("message.start")
     await socket.until("delta")
     await socket.send(type="stop", message_id=start["message"]["id"])
     end, _ = await socket.until("message.end", timeout=2)
-    assert end["state"] == "stopped"
+    assert end["state"] == "stopped" and end["usage"]["source"] == "estimated"
     message = await _message(start["message"]["id"])
     assert message.state == "stopped" and message.content.startswith("tick ")
     assert len(message.content) < 400 * 5
     [usage] = await _usage_rows(message.id)
-    assert not usage.source == "reported" and usage.completion_tokens > 0
+    # The documented estimate: 4 characters a token, of the prompt and the partial answer.
+    assert usage.source == Usage.Source.ESTIMATED and usage.outcome == "stopped"
+    assert usage.prompt_tokens == 100
+    assert usage.completion_tokens == (len(message.content) + 3) // 4 > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     for _ in range(40):
         if upstream.open_streams == 0:
             break
@@ -123,7 +127,8 @@ async def test_an_answer_completes_after_the_browser_goes_away(upstream, alice, 
     assert message.state == "complete"
     assert message.content == "tick " * 20
     [usage] = await _usage_rows(message.id)
-    assert usage.source == "reported" and usage.completion_tokens == 20
+    assert usage.source == "reported" and usage.outcome == "complete"
+    assert (usage.prompt_tokens, usage.completion_tokens) == (10, 20)
 
 
 async def test_an_upstream_error_before_the_stream_reaches_the_user(upstream, alice, socket_for):
@@ -146,6 +151,10 @@ async def test_an_upstream_error_before_the_stream_reaches_the_user(upstream, al
         lambda: list(conversation.messages.values_list("role", "content", "state"))
     )()
     assert rows == [("user", "hello there", "complete"), ("assistant", "", "error")]
+    # Refused upstream: one ledger row, with nothing billed.
+    [usage] = await _usage_rows(end["message_id"])
+    assert usage.outcome == "error" and usage.source == Usage.Source.NONE
+    assert usage.total_tokens == 0 and usage.cost_in_usd_ticks is None
 
 
 async def test_an_error_inside_the_stream_keeps_the_partial_answer(upstream, alice, socket_for):
@@ -166,6 +175,9 @@ async def test_an_error_inside_the_stream_keeps_the_partial_answer(upstream, ali
     assert "Timed out waiting for first token" in end["error"]
     message = await _message(end["message_id"])
     assert message.content == "Partial answer" and message.state == "error"
+    [usage] = await _usage_rows(message.id)  # no usage report came: estimated
+    assert usage.outcome == "error" and usage.source == Usage.Source.ESTIMATED
+    assert (usage.prompt_tokens, usage.completion_tokens) == (2, 4)
 
 
 async def test_a_dropped_connection_keeps_the_partial_answer(upstream, alice, socket_for):
@@ -176,6 +188,9 @@ async def test_a_dropped_connection_keeps_the_partial_answer(upstream, alice, so
     assert end["state"] == "error" and "broke" in end["error"]
     message = await _message(end["message_id"])
     assert message.content == "Half an answer"
+    [usage] = await _usage_rows(message.id)
+    assert usage.outcome == "error" and usage.source == Usage.Source.ESTIMATED
+    assert usage.completion_tokens == 4
 
 
 async def test_it_refuses_another_users_conversation(upstream, alice, bob, socket_for):
@@ -315,19 +330,6 @@ async def test_an_answer_costs_the_same_queries_whatever_its_length(
     short, long = await queries_for(5), await queries_for(1000)
     assert short == long
     assert 0 < short < 20
-
-
-async def test_it_stores_usage_and_cost_exactly_as_xai_reported_them(upstream, alice, socket_for):
-    socket = await socket_for(alice)
-    await socket.send(type="send", content="Say hi in Portuguese", conversation_id=None)
-    end, _ = await socket.until("message.end")
-    [usage] = await _usage_rows(end["message_id"])
-    # fantasy-xai-grok-4-fast-2.sse: xAI counts reasoning apart from completion.
-    assert (usage.prompt_tokens, usage.cached_prompt_tokens) == (165, 164)
-    assert (usage.completion_tokens, usage.reasoning_tokens, usage.total_tokens) == (2, 129, 296)
-    assert usage.cost_in_usd_ticks == 739000 and usage.reported
-    assert usage.model == "grok-4-fast-reasoning" and usage.finish_reason == "stop"
-    assert usage.raw_usage["num_sources_used"] == 0
 
 
 async def test_deltas_read_together_go_out_together_and_nothing_is_lost(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import json
@@ -67,55 +66,13 @@ async def test_a_complete_answer_has_one_reported_row(upstream, alice, socket_fo
     row = await _one_row(end["message_id"])
     assert row.outcome == "complete" and row.source == Usage.Source.REPORTED
     assert (row.prompt_tokens, row.cached_prompt_tokens) == (165, 164)
+    # fantasy-xai-grok-4-fast-2.sse: xAI counts reasoning apart from completion.
     assert (row.completion_tokens, row.reasoning_tokens, row.total_tokens) == (2, 129, 296)
-    assert row.cost_in_usd_ticks == row.reported_cost_ticks == 739000
+    assert row.cost_in_usd_ticks == row.reported_cost_ticks == 739000 and row.reported
     assert row.cost_source == Usage.CostSource.REPORTED
+    assert row.model == "grok-4-fast-reasoning" and row.finish_reason == "stop"
+    assert row.raw_usage["num_sources_used"] == 0
     assert end["usage"]["source"] == "reported" and end["usage"]["cost_usd"] == "0.0000739"
-
-
-async def test_a_stopped_answer_has_one_estimated_row(upstream, alice, socket_for):
-    upstream.queue(slow_stream(count=400, delay=0.02, text="word "))
-    socket = await socket_for(alice)
-    await socket.send(type="send", content="x" * 400, conversation_id=None, model=None)
-    start, _ = await socket.until("message.start")
-    await socket.until("delta")
-    await socket.send(type="stop", message_id=start["message"]["id"])
-    end, _ = await socket.until("message.end")
-    assert end["state"] == "stopped"
-    row = await _one_row(end["message_id"])
-    [message] = await database_sync_to_async(list)(Message.objects.filter(id=end["message_id"]))
-    # The documented estimate: 4 characters a token, of the prompt and the partial answer.
-    assert row.source == Usage.Source.ESTIMATED and row.outcome == "stopped"
-    assert row.prompt_tokens == 100
-    assert row.completion_tokens == (len(message.content) + 3) // 4 > 0
-    assert row.total_tokens == row.prompt_tokens + row.completion_tokens
-    assert end["usage"]["source"] == "estimated"
-
-
-async def test_an_answer_whose_browser_left_has_one_reported_row(upstream, alice, socket_for):
-    upstream.queue(slow_stream(count=10, delay=0.02))
-    socket = await socket_for(alice)
-    await socket.send(type="send", content="count", conversation_id=None, model=None)
-    start, _ = await socket.until("message.start")
-    await socket.close()
-    message_id = start["message"]["id"]
-    for _ in range(200):
-        if await _rows(message_id=message_id):
-            break
-        await asyncio.sleep(0.025)
-    row = await _one_row(message_id)
-    assert row.outcome == "complete" and row.source == Usage.Source.REPORTED
-    assert (row.prompt_tokens, row.completion_tokens) == (10, 10)
-
-
-async def test_an_upstream_refusal_has_one_row_with_nothing_billed(upstream, alice, socket_for):
-    upstream.queue(json_reply(400, {"code": "Client specified an invalid argument", "error": "no"}))
-    socket = await socket_for(alice)
-    end, _ = await _ask(socket)
-    assert end["state"] == "error"
-    row = await _one_row(end["message_id"])
-    assert row.outcome == "error" and row.source == Usage.Source.NONE
-    assert row.total_tokens == 0 and row.cost_in_usd_ticks is None
 
 
 async def test_a_retried_request_is_recorded_once(upstream, alice, socket_for, settings):
@@ -143,25 +100,6 @@ async def test_an_error_inside_the_stream_keeps_the_reported_usage(upstream, ali
     row = await _one_row(end["message_id"])
     assert row.source == Usage.Source.REPORTED and row.outcome == "error"
     assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (30, 2, 32)
-
-
-async def test_an_error_mid_stream_without_usage_is_estimated(upstream, alice, socket_for):
-    body = sse(chunk("partial answer"), {"error": {"message": "overloaded"}}, done=False)
-    upstream.queue(Reply(body=body))
-    socket = await socket_for(alice)
-    end, _ = await _ask(socket, text="abcdefgh")
-    row = await _one_row(end["message_id"])
-    assert row.outcome == "error" and row.source == Usage.Source.ESTIMATED
-    assert (row.prompt_tokens, row.completion_tokens) == (2, 4)
-
-
-async def test_a_dropped_stream_is_estimated(upstream, alice, socket_for):
-    upstream.queue(Reply(body=sse(chunk("cut "), done=False), end="drop"))
-    socket = await socket_for(alice)
-    end, _ = await _ask(socket)
-    row = await _one_row(end["message_id"])
-    assert row.outcome == "error" and row.source == Usage.Source.ESTIMATED
-    assert row.completion_tokens == 1
 
 
 async def test_shutdown_interrupts_answers_and_records_them(upstream, alice, socket_for):

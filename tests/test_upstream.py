@@ -763,11 +763,20 @@ async def test_it_does_not_cancel_the_consumer_after_it_walks_away(
     # never closes it) must not be cancelled later by a deadline armed inside it.
     server.queue(Reply(body=sse(chunk("a"), done=False), end="stall"))
     upstream = make(server, client, timeouts=Timeouts(idle=0.2, first_token=0.2))
-    stream = upstream.stream(Answer(), "grok-test", MESSAGES)
-    async for _ in stream:
-        break
-    await asyncio.sleep(0.5)  # would raise CancelledError before the fix
-    await stream.aclose()
+    answer = Answer()
+
+    async def walk_away() -> str:
+        stream = upstream.stream(answer, "grok-test", MESSAGES)
+        async for _ in stream:
+            break
+        await asyncio.sleep(0.5)  # past the idle deadline armed for the next read
+        await stream.aclose()
+        return "finished"
+
+    consumer = asyncio.create_task(walk_away())
+    await asyncio.wait([consumer])
+    assert not consumer.cancelled(), "a deadline of the stream cancelled its consumer"
+    assert consumer.result() == "finished" and answer.content == "a"
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""Every frame of the chat websocket, and the channel-layer events that carry them.
+
+The first part mirrors docs/protocol.md, "Server to browser", one function per frame type
+in the document's order; the consumer and the answer runs only call these. The second part
+builds the events between processes (channel layer): they live here too because three of
+them carry a frame of the first part and chat.snapshot carries the snapshot frame's fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chat.billing import TOKEN_FIELDS
+
+if TYPE_CHECKING:
+    from chat.models import Conversation, Message, Usage
+
+Frame = dict[str, Any]
+
+# -- Server to browser (docs/protocol.md) ------------------------------------------------
+
+
+def conversation(started: Conversation, model: str) -> Frame:
+    """`conversation`: a `send` started a new conversation (protocol.md, Server to browser)."""
+    return {
+        "type": "conversation",
+        "conversation": {"id": started.id, "title": started.title, "model": model},
+    }
+
+
+def watching(conversation_id: int, recent: list[Frame]) -> Frame:
+    """`watching`: the answer to `watch`; `recent` holds recent_answer() frames (protocol.md)."""
+    return {"type": "watching", "conversation_id": conversation_id, "recent": recent}
+
+
+def recent_answer(message: Message) -> Frame:
+    """One of `watching`'s `recent`: the fields of `message.end` plus `content` and
+    `reasoning` (protocol.md, `watching`), for a tab that was away when the answer ended."""
+    return {
+        **message_end(message, getattr(message, "usage", None)),
+        "content": message.content,
+        "reasoning": message.reasoning,
+    }
+
+
+def snapshot(message_id: int, conversation_id: int, content: str, reasoning: str) -> Frame:
+    """`snapshot`: the whole text so far of an answer streaming now (protocol.md)."""
+    return {
+        "type": "snapshot",
+        "message_id": message_id,
+        "conversation_id": conversation_id,
+        "content": content,
+        "reasoning": reasoning,
+    }
+
+
+def message_start(user_message: Message, answer: Message, history_dropped: int) -> Frame:
+    """`message.start`: the answer is about to stream (protocol.md)."""
+    return {
+        "type": "message.start",
+        "conversation_id": answer.conversation_id,
+        "user_message": {"id": user_message.id, "role": "user", "content": user_message.content},
+        "message": {
+            "id": answer.id,
+            "role": "assistant",
+            "state": answer.state,
+            "model": answer.model,
+        },
+        "history_dropped": history_dropped,
+    }
+
+
+def delta(message_id: int, content: str, reasoning: str) -> Frame:
+    """`delta`: text arrived, to append (protocol.md)."""
+    return {"type": "delta", "message_id": message_id, "content": content, "reasoning": reasoning}
+
+
+def message_end(message: Message, usage: Usage | None) -> Frame:
+    """`message.end`: the answer ended, whatever the way (protocol.md)."""
+    return {
+        "type": "message.end",
+        "message_id": message.id,
+        "conversation_id": message.conversation_id,
+        "state": message.state,
+        "error": message.error or None,
+        "model": message.model,
+        "finish_reason": message.finish_reason,
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "usage": usage_of(usage) if usage else None,
+    }
+
+
+def usage_of(usage: Usage) -> Frame:
+    """`message.end`'s `usage` (protocol.md; the counters are chat.billing.TOKEN_FIELDS)."""
+    return {
+        **{field: getattr(usage, field) for field in TOKEN_FIELDS},
+        "source": usage.source,
+        "cost_usd": usage.cost_usd_text or None,
+        "cost_source": usage.cost_source,
+    }
+
+
+def error(code: str, message: str, **extra: Any) -> Frame:
+    """`error`: a frame was refused; `extra` is message_id, conversation_id or retry_after
+    where it applies (protocol.md, `error` and its codes)."""
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+LOGGED_OUT_CODE = "logged_out"
+LOGGED_OUT_MESSAGE = "You have been logged out."
+
+
+def logged_out() -> Frame:
+    """The `error` with code `logged_out` sent before closing with 4401 (protocol.md)."""
+    return error(LOGGED_OUT_CODE, LOGGED_OUT_MESSAGE)
+
+
+def pong() -> Frame:
+    """`pong`: the answer to `ping` (protocol.md)."""
+    return {"type": "pong"}
+
+
+# -- Channel-layer events (between processes; not part of the browser's protocol) --------
+# `type` names the consumer's handler (chat.start -> chat_start); `origin` is the asking
+# socket's channel, which already got the frame directly.
+
+
+def chat_start(frame: Frame, origin: str | None) -> Frame:
+    """A `message.start` frame for the other sockets watching the conversation."""
+    return {"type": "chat.start", "frame": frame, "origin": origin}
+
+
+def chat_delta(
+    message_id: int,
+    content: str,
+    reasoning: str,
+    content_offset: int,
+    reasoning_offset: int,
+    origin: str | None,
+) -> Frame:
+    """Text for the watchers, with where it starts so that they can see a gap."""
+    return {
+        "type": "chat.delta",
+        "message_id": message_id,
+        "content": content,
+        "reasoning": reasoning,
+        "content_offset": content_offset,
+        "reasoning_offset": reasoning_offset,
+        "origin": origin,
+    }
+
+
+def chat_snapshot(message_id: int, conversation_id: int, content: str, reasoning: str) -> Frame:
+    """An answer's whole text so far, for the socket that asked (becomes a `snapshot`)."""
+    return {
+        "type": "chat.snapshot",
+        "message_id": message_id,
+        "conversation_id": conversation_id,
+        "content": content,
+        "reasoning": reasoning,
+    }
+
+
+def chat_end(frame: Frame, origin: str | None) -> Frame:
+    """A `message.end` frame for the other sockets watching the conversation."""
+    return {"type": "chat.end", "frame": frame, "origin": origin}
+
+
+def stream_stop(message_id: int) -> Frame:
+    """To a conversation's running answers: the one with `message_id` stops."""
+    return {"type": "stream.stop", "message_id": message_id}
+
+
+def stream_snapshot(reply_to: str, message_id: int | None = None) -> Frame:
+    """To a conversation's running answers (or just `message_id`): send `reply_to` a
+    chat.snapshot, then deltas through the group."""
+    request: Frame = {"type": "stream.snapshot", "reply_to": reply_to}
+    if message_id is not None:
+        request["message_id"] = message_id
+    return request
+
+
+def session_ended() -> Frame:
+    """To a session's sockets: it logged out, close."""
+    return {"type": "session.ended"}
