@@ -112,7 +112,7 @@ def client_address(request: HttpRequest) -> str | None:
 def login_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str | None:
     """The name failures are counted under: case variants of a name are one account."""
     field = get_user_model().USERNAME_FIELD
-    name = (credentials or {}).get(field) if credentials else request.POST.get(field)
+    name = credentials.get(field) if credentials else request.POST.get(field)
     return name.casefold() if isinstance(name, str) else None
 
 
@@ -134,7 +134,9 @@ class LockedOutAdminForm(AdminAuthenticationForm):
 
 
 def lockout_response(
-    request: HttpRequest, original_response: HttpResponse | None, credentials: dict | None
+    request: HttpRequest,
+    original_response: HttpResponse | None = None,
+    credentials: dict[str, Any] | None = None,
 ) -> HttpResponse:
     """The login form that was posted, refused with the lockout message (429)."""
     match = request.resolver_match

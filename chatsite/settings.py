@@ -270,6 +270,8 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_CLIENT_IP_CALLABLE = "chat.views.client_address"
 AXES_USERNAME_CALLABLE = "chat.views.login_username"
 AXES_LOCKOUT_CALLABLE = "chat.views.lockout_response"
+# Its log lines name the account and the address (it masks both by default), as ours did.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
 # Its admin pages list the database handler's rows, which the cache handler never writes.
 AXES_ENABLE_ADMIN = False
 if not REDIS_URL:
@@ -336,6 +338,8 @@ LOGGING = {
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # Failures and lockouts are warnings; every successful login is not worth a line.
+        "axes": {"level": "WARNING"},
         # It reports messages dropped at a full channel at INFO: always show them.
         "channels_redis": {"level": "INFO"},
     },
