@@ -2,24 +2,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import get_user_model, login
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import REDIRECT_FIELD_NAME, get_user_model, login
 from django.contrib.auth import models as auth_models
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
-from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from chat.catalog import models_offered
-from chat.login_throttle import ThrottledAuthenticationForm
 from chat.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
@@ -91,19 +95,76 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 
 class LoginView(auth_views.LoginView):
-    # Failed logins are throttled (chat.login_throttle); the form says when it is locked.
-    form_class = ThrottledAuthenticationForm
+    # Failed logins are throttled by django-axes (settings AXES_*, lockout_response below).
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not get_user_model().objects.exists():
             return redirect("setup")
         return super().dispatch(request, *args, **kwargs)
 
-    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
-        response = super().form_invalid(form)
-        if form.has_error(NON_FIELD_ERRORS, "locked"):
-            response.status_code = 429
-        return response
+
+# -- the login throttle's hooks (django-axes calls them by the dotted names in settings) --
+
+
+def client_address(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def login_username(request: HttpRequest, credentials: dict[str, Any] | None) -> str | None:
+    """The name failures are counted under: case variants of a name are one account."""
+    field = get_user_model().USERNAME_FIELD
+    name = credentials.get(field) if credentials else request.POST.get(field)
+    return name.casefold() if isinstance(name, str) else None
+
+
+def lockout_message() -> str:
+    minutes = max(1, math.ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
+    return f"Too many failed attempts. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
+
+
+class LockedOutForm(AuthenticationForm):
+    """Refuses without checking the password: the login page's form while locked out."""
+
+    def clean(self) -> dict[str, Any]:
+        raise ValidationError(lockout_message(), code="locked")
+
+
+class LockedOutAdminForm(AdminAuthenticationForm):
+    def clean(self) -> dict[str, Any]:
+        raise ValidationError(lockout_message(), code="locked")
+
+
+def lockout_response(
+    request: HttpRequest,
+    original_response: HttpResponse | None = None,
+    credentials: dict[str, Any] | None = None,
+) -> HttpResponseBase:
+    """The login form that was posted, refused with the lockout message (429)."""
+    match = request.resolver_match
+    if match is not None and match.namespace == admin.site.name:
+        # As admin.site.login() renders its form, less the password check.
+        context: dict[str, Any] = {
+            **admin.site.each_context(request),
+            "title": "Log in",
+            "subtitle": None,
+            "app_path": request.get_full_path(),
+            "username": request.user.get_username(),
+        }
+        if REDIRECT_FIELD_NAME not in request.GET and REDIRECT_FIELD_NAME not in request.POST:
+            context[REDIRECT_FIELD_NAME] = reverse("admin:index")
+        view = auth_views.LoginView.as_view(
+            authentication_form=LockedOutAdminForm,
+            template_name="admin/login.html",
+            extra_context=context,
+        )
+    else:
+        view = auth_views.LoginView.as_view(authentication_form=LockedOutForm)
+    response = view(request)
+    # axes' middleware runs after the view's template would have been rendered.
+    if isinstance(response, TemplateResponse):
+        response.render()
+    response.status_code = 429
+    return response
 
 
 def setup(request: HttpRequest) -> HttpResponse:

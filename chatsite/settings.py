@@ -1,9 +1,11 @@
 """Settings for the chat site, read from environment variables (see README)."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -113,13 +115,14 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "chat",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Before whitenoise, so static files carry the policy too.
-    "chat.middleware.ContentSecurityPolicyMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -128,7 +131,24 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chat.middleware.RefusalLogMiddleware",
+    # Last, as axes asks: it turns a lockout found while the view ran into the refusal page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Scripts and styles only from our own origin: model output can never run script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    }
+}
 
 ROOT_URLCONF = "chatsite.urls"
 ASGI_APPLICATION = "chatsite.asgi.application"
@@ -207,7 +227,7 @@ else:
         "default": {"BACKEND": "chat.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
     }
 
-# The cache holds the model list and the login throttle's counters. Without Redis it is
+# The cache holds the model list and the login throttle's (django-axes) counters. Without Redis it is
 # in memory and per process: with several processes each counts failed logins apart.
 if REDIS_URL:
     CACHES = {
@@ -225,16 +245,38 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# The first backend refuses logins while a username or address is locked out, counts
-# failures and resets on success; the plain one keeps sessions made by the setup page valid.
+# django-axes: the first backend refuses logins while a username or address is locked out;
+# the plain one checks passwords and keeps sessions made by the setup page valid.
 AUTHENTICATION_BACKENDS = [
-    "chat.login_throttle.LoginThrottleBackend",
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 # This many failed logins within LOGIN_LOCKOUT_SECONDS, for one username or one client
 # address, lock it for LOGIN_LOCKOUT_SECONDS. 0 failures turns the throttle off.
 LOGIN_MAX_FAILURES = envint("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", 900)
+AXES_ENABLED = LOGIN_MAX_FAILURES > 0 and LOGIN_LOCKOUT_SECONDS > 0
+AXES_FAILURE_LIMIT = LOGIN_MAX_FAILURES
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_SECONDS)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# The cache handler, not the database one: counters expire by themselves, are shared through
+# Redis with REDIS_URL, and a flood of failed logins writes no rows.
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_RESET_ON_SUCCESS = True
+# A lockout lasts LOGIN_LOCKOUT_SECONDS from the failure that caused it, not from the last try.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# REMOTE_ADDR only: Daphne --proxy-headers sets it from the proxy's X-Forwarded-For, and
+# headers a client sends itself must not pick the address that is counted.
+AXES_CLIENT_IP_CALLABLE = "chat.views.client_address"
+AXES_USERNAME_CALLABLE = "chat.views.login_username"
+AXES_LOCKOUT_CALLABLE = "chat.views.lockout_response"
+# Its log lines name the account and the address (it masks both by default), as ours did.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+# Its admin pages list the database handler's rows, which the cache handler never writes.
+AXES_ENABLE_ADMIN = False
+if not REDIS_URL:
+    # axes warns about a per-process cache; without Redis that is the documented behaviour.
+    SILENCED_SYSTEM_CHECKS = ["axes.W001"]
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "index"
@@ -296,6 +338,8 @@ LOGGING = {
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # Failures and lockouts are warnings; every successful login is not worth a line.
+        "axes": {"level": "WARNING"},
         # It reports messages dropped at a full channel at INFO: always show them.
         "channels_redis": {"level": "INFO"},
     },

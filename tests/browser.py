@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -37,8 +37,11 @@ def wait_until(page: Page, expression: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def wait_ready(page: Page) -> None:
-    wait_until(page, "window.__chatReady === true")
+def wait_ready(page: Page, timeout: float = 10) -> None:
+    """Until the page says it is connected, as its user sees it in the composer bar."""
+    status = page.locator("#connection-status")
+    expect(status).to_have_attribute("data-state", "connected", timeout=timeout * 1000)
+    expect(status).to_have_text("Connected")
 
 
 def log_in(page: Page, live: str, username: str, password: str) -> None:

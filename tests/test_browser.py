@@ -75,6 +75,15 @@ def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
     expect(row.locator("td.total")).to_have_text("50")
 
 
+def skeleton(article: Locator) -> list[str]:
+    """The article's elements (tag, classes, hidden), outside the rendered markdown."""
+    return article.evaluate(
+        """article => [article, ...article.querySelectorAll("*")]
+            .filter(e => !e.parentElement.closest(".content"))
+            .map(e => `${e.tagName}.${e.className}${e.hidden ? " hidden" : ""}`)"""
+    )
+
+
 def test_markdown_renders_the_same_live_and_after_reload(
     page: Page, live: str, fake_upstream_server: FakeUpstream
 ) -> None:
@@ -89,9 +98,14 @@ def test_markdown_renders_the_same_live_and_after_reload(
     live_html = assistant.locator(".content").inner_html()
     expect(assistant.locator("details.reasoning")).to_have_count(1)
     assert not assistant.locator("details.reasoning").evaluate("d => d.open")
+    question = page.locator("article.message[data-role=user]").last
+    live_markup = [skeleton(question), skeleton(assistant)]
     page.reload()
     reloaded = page.locator("article.message[data-role=assistant]").last
     assert reloaded.locator(".content").inner_html() == live_html
+    # One markup for a message, live or rendered by the server (templates/chat/_message.html).
+    reloaded_question = page.locator("article.message[data-role=user]").last
+    assert [skeleton(reloaded_question), skeleton(reloaded)] == live_markup
     expect(reloaded.locator(".meta")).to_contain_text("grok-code-fast-1")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.browser import log_in, needs_chromium, wait_until
+from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream, Reply, chunk, json_reply
 from tests.live import app_env, daphne, prepare_database
 
@@ -250,7 +250,7 @@ def ask(page: Page, live: str, watch: Watch, prompt: str) -> int:
     """Send the prompt in a new chat and check the page all the while the answer streams;
     returns how many checks ran during streaming."""
     page.goto(live + "/")
-    wait_until(page, "window.__chatReady === true")
+    wait_ready(page)
     page.fill("#prompt", prompt)
     page.keyboard.press("Enter")
     answer = page.locator("article.message[data-role=assistant]").last

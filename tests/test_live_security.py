@@ -128,6 +128,41 @@ def test_every_kind_of_page_and_every_static_file_sends_the_security_headers(liv
     assert {200, 302, 404} <= seen_statuses
 
 
+# -- the login throttle, behind Daphne ---------------------------------------------------
+
+
+def test_failed_logins_lock_the_address_daphne_saw_whatever_a_header_claims(
+    fake_upstream_server: FakeUpstream, tmp_path: Path
+) -> None:
+    # Its own app: locking 127.0.0.1 out would stop the other tests' logins.
+    env = app_env(tmp_path, fake_upstream_server.base_url)
+    prepare_database(env)
+    with daphne(env, tmp_path / "daphne.log") as url, httpx.Client(base_url=url) as client:
+        client.get("/accounts/login/")
+
+        def log_in(username: str, password: str, claimed_address: str) -> httpx.Response:
+            return client.post(
+                "/accounts/login/",
+                data={
+                    "username": username,
+                    "password": password,
+                    "csrfmiddlewaretoken": client.cookies["csrftoken"],
+                },
+                headers={"X-Forwarded-For": claimed_address, "X-Real-IP": claimed_address},
+            )
+
+        # Five names, five claimed addresses: only the address Daphne saw is the same.
+        for attempt in range(4):
+            response = log_in(f"guess-{attempt}", "wrong", f"198.51.100.{attempt}")
+            assert response.status_code == 200
+        assert log_in("guess-4", "wrong", "198.51.100.4").status_code == 429
+        response = log_in("alice", "alice-password-1", "203.0.113.1")
+        assert response.status_code == 429
+        assert "Too many failed attempts. Try again in 15 minutes." in response.text
+        assert "sessionid" not in client.cookies
+        assert_security_headers(response, page=True)
+
+
 # -- websocket: origin and login --------------------------------------------------------
 
 

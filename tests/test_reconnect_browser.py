@@ -6,7 +6,7 @@ import signal
 
 from playwright.sync_api import Page, expect
 
-from tests.browser import log_in, needs_chromium, wait_ready, wait_until
+from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream, slow_stream
 from tests.live import app_env, daphne_process, free_port, prepare_database
 
@@ -32,12 +32,13 @@ def test_the_page_reconnects_when_the_server_comes_back_and_learns_how_the_answe
         process.send_signal(signal.SIGTERM)  # a deploy: the answer ends as interrupted
         expect(answer).to_have_attribute("data-state", "interrupted")
         process.wait(15)
-    expect(page.locator("#connection-status")).to_contain_text("Reconnecting")
+    status = page.locator("#connection-status")
+    expect(status).to_have_attribute("data-state", "reconnecting")
+    expect(status).to_contain_text("Reconnecting")
 
     with daphne_process(env, tmp_path / "second.log", port=port):
         # The page reconnects on its own, with backoff (at most 10 s between tries).
-        wait_until(page, "window.__chatReady === true", timeout=30)
-        expect(page.locator("#connection-status")).to_be_hidden()
+        wait_ready(page, timeout=30)
         page.fill("#prompt", "Are you back?")
         page.keyboard.press("Enter")
         last = page.locator("article.message[data-role=assistant]").last

@@ -14,6 +14,8 @@ const noticeEl = document.getElementById("notice");
 const noticeText = noticeEl.querySelector(".notice-text");
 const noticeDismiss = noticeEl.querySelector(".notice-dismiss");
 const connectionStatus = document.getElementById("connection-status");
+const assistantTemplate = document.getElementById("assistant-message-template");
+const userTemplate = document.getElementById("user-message-template");
 
 const SOCKET_URL = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws/chat/`;
 const RETRY_MIN_MS = 500;
@@ -186,43 +188,20 @@ function formatDuration(entry) {
   return bits.join(", ");
 }
 
-function buildAssistantArticle(id) {
-  const article = document.createElement("article");
-  article.className = "message assistant";
+// The markup is templates/chat/_message.html, which the page also renders stored messages with.
+function cloneMessage(template, id) {
+  const article = document.importNode(template.content.querySelector("article.message"), true);
   article.dataset.messageId = String(id);
-  article.dataset.role = "assistant";
-  article.dataset.state = "streaming";
-  const state = document.createElement("span");
-  state.className = "state";
-  const reasoning = document.createElement("details");
-  reasoning.className = "reasoning";
-  reasoning.hidden = true;
-  const summary = document.createElement("summary");
-  summary.textContent = "Reasoning";
-  const reasoningText = document.createElement("div");
-  reasoningText.className = "reasoning-text";
-  reasoning.append(summary, reasoningText);
-  const content = document.createElement("div");
-  content.className = "content";
-  const error = document.createElement("div");
-  error.className = "error";
-  error.hidden = true;
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  article.append(state, reasoning, content, error, meta);
   return article;
 }
 
+function buildAssistantArticle(id) {
+  return cloneMessage(assistantTemplate, id);
+}
+
 function buildUserArticle(id, text) {
-  const article = document.createElement("article");
-  article.className = "message user";
-  article.dataset.messageId = String(id);
-  article.dataset.role = "user";
-  article.dataset.state = "complete";
-  const content = document.createElement("div");
-  content.className = "content";
-  content.textContent = text;
-  article.append(content);
+  const article = cloneMessage(userTemplate, id);
+  article.querySelector(".content").textContent = text;
   return article;
 }
 
@@ -426,9 +405,17 @@ function hideNotice() {
   noticeText.textContent = "";
 }
 
-function setConnectionStatus(text) {
-  connectionStatus.textContent = text;
-  connectionStatus.hidden = !text;
+// What the composer bar says of the socket; its data-state is one of the keys of CONNECTION_TEXT.
+const CONNECTION_TEXT = {
+  connecting: () => "Connecting…",
+  connected: () => "Connected",
+  reconnecting: () => `Connection lost. Reconnecting in ${(retryDelay / 1000).toFixed(1)} s…`,
+  "logged-out": () => "You are logged out. Log in again in a new tab to go on; what you typed is kept here.",
+};
+
+function setConnectionStatus(state) {
+  connectionStatus.dataset.state = state;
+  connectionStatus.textContent = CONNECTION_TEXT[state]();
 }
 
 // ---------------------------------------------------------------- socket
@@ -452,7 +439,6 @@ const CLOSE_LOGGED_OUT = 4401;
 
 function connect() {
   socket = new WebSocket(SOCKET_URL);
-  window.__chatSocket = socket;
   socket.addEventListener("open", onSocketOpen);
   socket.addEventListener("message", onSocketMessage);
   socket.addEventListener("close", onSocketClose);
@@ -460,25 +446,23 @@ function connect() {
 
 function onSocketOpen() {
   retryDelay = RETRY_MIN_MS;
-  setConnectionStatus("");
-  window.__chatReady = true;
+  setConnectionStatus("connected");
   watchCurrentConversation();
   clearInterval(pingTimer);
   pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_INTERVAL_MS);
 }
 
 function onSocketClose(event) {
-  window.__chatReady = false;
   clearInterval(pingTimer);
   // A send without message.start may or may not have been taken; its text is still in the composer.
   pendingSend = null;
   updateSendButton();
   if (event.code === CLOSE_LOGGED_OUT) {
     // Logged out (here or in another tab): reconnecting would only be refused again.
-    setConnectionStatus("You are logged out. Log in again in a new tab to go on; what you typed is kept here.");
+    setConnectionStatus("logged-out");
     return;
   }
-  setConnectionStatus(`Connection lost. Reconnecting in ${(retryDelay / 1000).toFixed(1)} s…`);
+  setConnectionStatus("reconnecting");
   setTimeout(connect, retryDelay);
   retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
 }
