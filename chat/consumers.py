@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import user_logged_out
 from django.dispatch import receiver
@@ -17,7 +16,10 @@ from django.dispatch import receiver
 from chat import frames
 from chat.models import Conversation, Message
 from chat.services import Refused, check_session, start_answer
-from chat.streams import RUNNING, AnswerRun, control_group, viewers_group
+from chat.streams import RUNNING, AnswerRun, channel_layer, control_group, viewers_group
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +37,21 @@ def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
     """Logging out closes that session's open sockets, in every process."""
     key = getattr(getattr(request, "session", None), "session_key", None)
     if key:
-        async_to_sync(get_channel_layer().group_send)(session_group(key), frames.session_ended())
+        async_to_sync(channel_layer().group_send)(session_group(key), frames.session_ended())
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     # -- lifecycle -------------------------------------------------------------------
 
+    user: User
+
     async def connect(self) -> None:
-        self.user = self.scope.get("user")
-        if self.user is None or not self.user.is_authenticated:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_LOGGED_OUT)
             return
+        # AuthMiddlewareStack's lazy object stands for the logged-in User.
+        self.user = cast("User", user)
         self.watching: int | None = None
         # What this socket has shown of answers it follows through the group.
         self.known: dict[int, list[int]] = {}
@@ -56,14 +62,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "session_key", None):
-            await self.channel_layer.group_discard(
-                session_group(self.session_key), self.channel_name
-            )
+        session_key = getattr(self, "session_key", None)
+        if session_key:
+            await self.channel_layer.group_discard(session_group(session_key), self.channel_name)
         for run in list(RUNNING.values()):
             run.detach(self.channel_name)
-        if getattr(self, "watching", None) is not None:
-            await self.channel_layer.group_discard(viewers_group(self.watching), self.channel_name)
+        watching = getattr(self, "watching", None)
+        if watching is not None:
+            await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         try:
@@ -96,7 +102,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except (ValueError, RecursionError):  # deep nesting raises RecursionError
             return _BadJson
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
         if text_data is None:
             await self.send_json(frames.error("bad_frame", "Send text frames of JSON."))
             return
@@ -258,7 +266,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not self._visible(event):
             return
         known = self.known.get(event["message_id"])
-        if known is None:
+        if known is None or self.watching is None:
             return  # a snapshot is on its way and will include this text
         if event["content_offset"] > known[0] or event["reasoning_offset"] > known[1]:
             # Text went missing on the way (a failed group send): ask for the whole again.

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
 from chat import frames
@@ -43,6 +44,14 @@ def viewers_group(conversation_id: int) -> str:
 
 def control_group(conversation_id: int) -> str:
     return f"ctl_{conversation_id}"
+
+
+def channel_layer() -> BaseChannelLayer:
+    """The default channel layer, which settings always configure."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise ImproperlyConfigured("CHANNEL_LAYERS has no default layer")
+    return layer
 
 
 def upstream_from_settings() -> Upstream:
@@ -151,7 +160,7 @@ class AnswerRun:
         self.answer = Answer()
         self.end_state: str | None = None  # set by stop() or shutdown before cancelling
         self.task: asyncio.Task[None] | None = None
-        self.layer = get_channel_layer()
+        self.layer = channel_layer()
         # The asking socket's frames: deltas read while the last frame went out are joined.
         self._outbox = Delta()
         self._outbox_ready = asyncio.Event()
@@ -188,7 +197,8 @@ class AnswerRun:
         await self.layer.group_add(control_group(self.conversation_id), control_channel)
         listener = asyncio.create_task(self._listen(control_channel))
         started = time.monotonic()
-        state, error = Message.State.COMPLETE, ""
+        state: str = Message.State.COMPLETE
+        error = ""
         try:
             upstream = upstream_from_settings()
             async for delta in upstream.stream(self.answer, self.model, self.history):
