@@ -78,7 +78,11 @@ async def test_after_sigkill_the_next_start_marks_the_answer_interrupted(
     with daphne_process(env, tmp_path / "first.log") as (url, process):
         cookie = session_cookie(url, "alice", "alice-password-1")
         ws, start = await _start_answer(url, cookie)
-        await asyncio.sleep(0.8)  # a few checkpoints
+        # Until a checkpoint has saved some of the text, however slow the machine.
+        for _ in range(120):
+            [saved] = await asyncio.to_thread(_answers, env)
+            if saved["content"]:
+                break
         process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(process.wait, 10)
         await ws.close()
