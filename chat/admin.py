@@ -1,9 +1,18 @@
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.contrib.admin.utils import lookup_field
+from django.db.models import Max, Min
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from chat import reports
+from chat.billing import TOKEN_COUNTERS, TokenCounter
 from chat.catalog import sync_prices
-from chat.models import Budget, Conversation, Message, ModelPrice, Usage
+from chat.models import Budget, Conversation, Message, ModelPrice, Usage, UsageDay
 
 
 class MessageInline(admin.TabularInline):
@@ -115,3 +124,117 @@ class BudgetAdmin(admin.ModelAdmin):
     )
     list_select_related = ("user",)
     raw_id_fields = ("user",)
+
+
+def counter_column(counter: TokenCounter) -> Callable[[UsageDay], int]:
+    """A sortable changelist column for one token counter, headed by its label."""
+
+    @admin.display(description=counter.label, ordering=counter.field)
+    def column(obj: UsageDay) -> int:
+        return getattr(obj, counter.field)
+
+    column.__name__ = counter.field  # the cells' class: field-<name>
+    return column
+
+
+@admin.register(UsageDay)
+class UsageDayAdmin(admin.ModelAdmin):
+    """The usage report (/admin/usage/): the daily totals per user, model and day, filtered,
+    sorted and paged by the changelist, with totals, a chart, a CSV of exactly the filtered
+    rows and the budget watch around it (templates/admin/chat/usageday/change_list.html)."""
+
+    list_display = (
+        "date",
+        "username",
+        "model",
+        "requests",
+        "errors",
+        "estimated",
+        "unpriced",
+        *(counter_column(counter) for counter in TOKEN_COUNTERS),
+        "cost",
+    )
+    list_display_links = None
+    list_filter = ("user", "model")
+    date_hierarchy = "day"
+    ordering = ("-day", "user__username", "model")
+    list_select_related = ("user",)
+    list_per_page = 200
+    show_full_result_count = False  # one count query, not two
+    actions = None
+    # The CSV's header, column by column of list_display.
+    csv_header = (
+        "day",
+        "user__username",
+        "model",
+        "requests",
+        "errors",
+        "estimated",
+        "unpriced",
+        *(counter.field for counter in TOKEN_COUNTERS),
+        "cost_usd",
+    )
+
+    @admin.display(description="Day", ordering="day")
+    def date(self, obj: UsageDay) -> str:
+        return obj.day.isoformat()
+
+    @admin.display(description="User", ordering="user__username")
+    def username(self, obj: UsageDay) -> str:
+        return obj.user.get_username()
+
+    @admin.display(description="Cost (USD)", ordering="cost_in_usd_ticks")
+    def cost(self, obj: UsageDay) -> str:
+        return reports.usd(obj.cost_in_usd_ticks)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
+        return False
+
+    @staticmethod
+    def period(request: HttpRequest, days: Any) -> reports.Period | None:
+        """The chart's days: the day__gte/day__lte filter where given, else the rows' own."""
+        found = days.aggregate(first=Min("day"), last=Max("day"))
+        bounds = []
+        for name, default in (("day__gte", found["first"]), ("day__lte", found["last"])):
+            try:
+                bounds.append(dt.date.fromisoformat(request.GET.get(name, "")))
+            except ValueError:
+                bounds.append(default)
+        start, end = bounds
+        if start is None or end is None or start > end:
+            return None
+        return reports.Period(max(start, end - dt.timedelta(days=reports.MAX_DAYS - 1)), end)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        export = request.GET.get("format") == "csv"
+        if "format" in request.GET:  # not a filter: the changelist would refuse it
+            request.GET = request.GET.copy()
+            del request.GET["format"]
+        response = super().changelist_view(request, extra_context)
+        if not isinstance(response, TemplateResponse):  # a redirect (?e=1)
+            return response
+        changelist = response.context_data["cl"]
+        days = changelist.queryset  # filtered and sorted, every page
+        period = self.period(request, days)
+        if export:
+            name = f"usage-{period.start}-to-{period.end}.csv" if period else "usage.csv"
+            rows = (
+                [lookup_field(column, obj, self)[2] for column in self.list_display]
+                for obj in days.iterator(chunk_size=2000)
+            )
+            return reports.csv_response(name, self.csv_header, rows)
+        query = request.GET.copy()
+        query.pop("p", None)
+        query["format"] = "csv"
+        response.context_data.update(
+            reports.report_context(days, period), csv_query=query.urlencode()
+        )
+        return response
