@@ -137,6 +137,39 @@ def counter_column(counter: TokenCounter) -> Callable[[UsageDay], int]:
     return column
 
 
+class RecentFilter(admin.SimpleListFilter):
+    """The report's period: the last 30 days unless another is chosen, or days are picked
+    with the date hierarchy or day__gte/day__lte."""
+
+    title = "period"
+    parameter_name = "period"
+    DAYS = {"30": 30, "90": 90, "365": 365}
+
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: Any) -> None:
+        # The default gives way to any day chosen otherwise.
+        self.picked = any(name.startswith("day__") for name in request.GET)
+        super().__init__(request, params, model, model_admin)
+        days = self.DAYS.get(self.value() or ("" if self.picked else "30"))
+        self.since = timezone.localdate() - dt.timedelta(days=days - 1) if days else None
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, f"Last {days} days") for value, days in self.DAYS.items()] + [
+            ("all", "Every day")
+        ]
+
+    def choices(self, changelist: Any) -> Any:
+        current = self.value() or ("" if self.picked else "30")
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        return queryset if self.since is None else queryset.filter(day__gte=self.since)
+
+
 @admin.register(UsageDay)
 class UsageDayAdmin(admin.ModelAdmin):
     """The usage report (/admin/usage/): the daily totals per user, model and day, filtered,
@@ -155,7 +188,7 @@ class UsageDayAdmin(admin.ModelAdmin):
         "cost",
     )
     list_display_links = None
-    list_filter = ("user", "model")
+    list_filter = (RecentFilter, "user", "model")
     date_hierarchy = "day"
     ordering = ("-day", "user__username", "model")
     list_select_related = ("user",)
@@ -197,9 +230,13 @@ class UsageDayAdmin(admin.ModelAdmin):
         return False
 
     @staticmethod
-    def period(request: HttpRequest, days: Any) -> reports.Period | None:
-        """The chart's days: the day__gte/day__lte filter where given, else the rows' own."""
-        found = days.aggregate(first=Min("day"), last=Max("day"))
+    def period(request: HttpRequest, changelist: Any) -> reports.Period | None:
+        """The chart's days: those filtered on where given, else the rows' own."""
+        recent = [f.since for f in changelist.filter_specs if isinstance(f, RecentFilter)]
+        if recent and recent[0] is not None:
+            found = {"first": recent[0], "last": timezone.localdate()}
+        else:
+            found = changelist.queryset.aggregate(first=Min("day"), last=Max("day"))
         bounds = []
         for name, default in (("day__gte", found["first"]), ("day__lte", found["last"])):
             try:
@@ -223,7 +260,7 @@ class UsageDayAdmin(admin.ModelAdmin):
             return response
         changelist = response.context_data["cl"]
         days = changelist.queryset  # filtered and sorted, every page
-        period = self.period(request, days)
+        period = self.period(request, changelist)
         if export:
             name = f"usage-{period.start}-to-{period.end}.csv" if period else "usage.csv"
             rows = (
