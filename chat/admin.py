@@ -3,7 +3,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.utils import lookup_field
 from django.db.models import Max, Min
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -195,8 +194,9 @@ class UsageDayAdmin(admin.ModelAdmin):
     list_per_page = 200
     show_full_result_count = False  # one count query, not two
     actions = None
-    # The CSV's header, column by column of list_display.
-    csv_header = (
+    # The CSV's columns, those of list_display, read as plain values: 18,000 rows export in
+    # a fraction of the time the changelist's per-cell display lookups would take.
+    csv_fields = (
         "day",
         "user__username",
         "model",
@@ -205,8 +205,9 @@ class UsageDayAdmin(admin.ModelAdmin):
         "estimated",
         "unpriced",
         *(counter.field for counter in TOKEN_COUNTERS),
-        "cost_usd",
+        "cost_in_usd_ticks",
     )
+    csv_header = (*csv_fields[:-1], "cost_usd")
 
     @admin.display(description="Day", ordering="day")
     def date(self, obj: UsageDay) -> str:
@@ -264,8 +265,8 @@ class UsageDayAdmin(admin.ModelAdmin):
         if export:
             name = f"usage-{period.start}-to-{period.end}.csv" if period else "usage.csv"
             rows = (
-                [lookup_field(column, obj, self)[2] for column in self.list_display]
-                for obj in days.iterator(chunk_size=2000)
+                [day.isoformat(), *values, reports.usd(cost)]
+                for day, *values, cost in days.values_list(*self.csv_fields).iterator(2000)
             )
             return reports.csv_response(name, self.csv_header, rows)
         query = request.GET.copy()
