@@ -175,7 +175,7 @@ class UsageDayAdmin(admin.ModelAdmin):
     sorted and paged by the changelist, with totals, a chart, a CSV of exactly the filtered
     rows and the budget watch around it (templates/admin/chat/usageday/change_list.html)."""
 
-    list_display = (
+    list_display: tuple[Any, ...] = (
         "date",
         "username",
         "model",
@@ -254,12 +254,13 @@ class UsageDayAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         export = request.GET.get("format") == "csv"
         if "format" in request.GET:  # not a filter: the changelist would refuse it
-            request.GET = request.GET.copy()
+            request.GET = request.GET.copy()  # type: ignore[assignment]
             del request.GET["format"]
         response = super().changelist_view(request, extra_context)
         if not isinstance(response, TemplateResponse):  # a redirect (?e=1)
             return response
-        changelist = response.context_data["cl"]
+        context = response.context_data or {}
+        changelist = context["cl"]
         days = changelist.queryset  # filtered and sorted, every page
         period = self.period(request, changelist)
         if export:
@@ -272,7 +273,5 @@ class UsageDayAdmin(admin.ModelAdmin):
         query = request.GET.copy()
         query.pop("p", None)
         query["format"] = "csv"
-        response.context_data.update(
-            reports.report_context(days, period), csv_query=query.urlencode()
-        )
+        context.update(reports.report_context(days, period), csv_query=query.urlencode())
         return response

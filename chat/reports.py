@@ -76,7 +76,9 @@ def csv_safe(value: Any) -> Any:
     return value
 
 
-def csv_response(filename: str, header: Iterable[str], rows: Iterable[Iterable[Any]]):
+def csv_response(
+    filename: str, header: Iterable[str], rows: Iterable[Iterable[Any]]
+) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     writer = csv.writer(response)
@@ -126,7 +128,7 @@ class PeriodForm(forms.Form):
     end = forms.DateField(label="to", required=False, widget=DateInput)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         start, end = data.get("start"), data.get("end")
         if start and end and start > end:
             raise forms.ValidationError("The period starts after it ends.")
@@ -301,7 +303,9 @@ def chart(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> dict[st
     }
 
 
-def chart_for(days: UsageDayQuerySet, period: Period, *, chart_id: str, caption: str):
+def chart_for(
+    days: UsageDayQuerySet, period: Period, *, chart_id: str, caption: str
+) -> dict[str, Any]:
     bars, unit = chart_bars(days, period)
     return chart(bars, unit, chart_id=chart_id, caption=caption)
 
