@@ -160,9 +160,10 @@ def _worker(rows: int, repeat: int) -> None:
     admin.force_login(staff)
     user.force_login(first_user)
     pages = {
+        # The report is the UsageDay changelist: the last 30 days unless ?period= says more.
         "admin report, 30 days": (admin, "/admin/usage/"),
-        "admin report, 90 days": (admin, "/admin/usage/?start=2000-01-01"),
-        "admin report CSV, 90 days": (admin, "/admin/usage/?start=2000-01-01&format=csv"),
+        "admin report, 90 days": (admin, "/admin/usage/?period=90"),
+        "admin report CSV, 90 days": (admin, "/admin/usage/?period=90&format=csv"),
         "admin drill-down, one user": (admin, f"/admin/usage/user/{first_user.id}/"),
         "user's Usage page": (user, "/usage/"),
     }

@@ -355,6 +355,9 @@ class Usage(models.Model):
         cost = self.cost_usd
         return "" if cost is None else f"{cost.normalize():f}"
 
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in billing.TOKEN_FIELDS}
+
     def price(self) -> billing.Price | None:
         if None in (self.price_prompt, self.price_cached_prompt, self.price_completion):
             return None
@@ -371,6 +374,7 @@ class Usage(models.Model):
                 for name, value in price.as_fields().items():
                     setattr(self, name, value)
         if price is not None:
+            # Each kind of token has its own price: the formula names them one by one.
             self.computed_cost_ticks = billing.cost_ticks(
                 price,
                 prompt_tokens=self.prompt_tokens,
@@ -394,11 +398,7 @@ USAGE_SUMS = (
     "errors",
     "estimated",
     "unpriced",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "total_tokens",
+    *billing.TOKEN_FIELDS,
     "cost_in_usd_ticks",
 )
 
@@ -453,11 +453,7 @@ class UsageDay(models.Model):
             "errors": int(row.outcome == Message.State.ERROR),
             "estimated": int(row.source == Usage.Source.ESTIMATED),
             "unpriced": int(row.cost_in_usd_ticks is None),
-            "prompt_tokens": row.prompt_tokens,
-            "cached_prompt_tokens": row.cached_prompt_tokens,
-            "completion_tokens": row.completion_tokens,
-            "reasoning_tokens": row.reasoning_tokens,
-            "total_tokens": row.total_tokens,
+            **row.counters(),
             "cost_in_usd_ticks": row.cost_in_usd_ticks or 0,
         }
 
@@ -492,11 +488,8 @@ class UsageDay(models.Model):
                 errors=Count("id", filter=Q(outcome=Message.State.ERROR)),
                 estimated=Count("id", filter=Q(source=Usage.Source.ESTIMATED)),
                 unpriced=Count("id", filter=Q(cost_in_usd_ticks__isnull=True)),
-                prompt_sum=Sum("prompt_tokens"),
-                cached_sum=Sum("cached_prompt_tokens"),
-                completion_sum=Sum("completion_tokens"),
-                reasoning_sum=Sum("reasoning_tokens"),
-                total_sum=Sum("total_tokens"),
+                # Named apart from the model's fields, which an annotation may not shadow.
+                **{f"sum_{name}": Sum(name) for name in billing.TOKEN_FIELDS},
                 cost_sum=Sum("cost_in_usd_ticks"),
             )
             .order_by()
@@ -509,11 +502,8 @@ class UsageDay(models.Model):
             item.errors += g["errors"]
             item.estimated += g["estimated"]
             item.unpriced += g["unpriced"]
-            item.prompt_tokens += g["prompt_sum"] or 0
-            item.cached_prompt_tokens += g["cached_sum"] or 0
-            item.completion_tokens += g["completion_sum"] or 0
-            item.reasoning_tokens += g["reasoning_sum"] or 0
-            item.total_tokens += g["total_sum"] or 0
+            for name in billing.TOKEN_FIELDS:
+                setattr(item, name, getattr(item, name) + (g[f"sum_{name}"] or 0))
             item.cost_in_usd_ticks += g["cost_sum"] or 0
         cls.objects.bulk_create(days.values(), batch_size=1000)
         return len(days)

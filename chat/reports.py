@@ -1,20 +1,25 @@
-"""Usage reports: the admin's report, one user's drill-down, and each user's own page.
+"""Usage reports: what the admin's report (chat.admin.UsageDayAdmin), one user's drill-down
+and each user's own page share: the token table, the chart, the CSV and the budgets.
 
-Everything but the per-conversation list reads the daily totals (UsageDay), never the
-ledger, and lets the database do the sums: a page costs the same few queries whether the
-ledger holds a hundred rows or millions. Money stays integer ticks until it is shown, and
-is shown exactly (see `usd`).
+Hand-written views remain only for the drill-down and the user's page: they show one
+person's sums over a period, not a list of one model's rows, which is what the admin's
+changelist is for.
+
+Everything but the per-conversation list reads the daily totals (UsageDay) and lets the
+database do the sums, so a page costs the same few queries whatever the ledger's size.
+Money stays integer ticks until it is shown, and is shown exactly (see `usd`).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth import get_user_model
@@ -26,8 +31,6 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import dateformat, timezone
-from django.utils.html import escape
-from django.utils.safestring import SafeString, mark_safe
 
 from chat import billing
 from chat.models import (
@@ -41,14 +44,19 @@ from chat.models import (
 )
 
 DEFAULT_DAYS = 30
-MAX_DAYS = 3660  # ten years: longer periods are cut, with a message
+MAX_DAYS = 3660  # ten years
 MAX_DAILY_BARS = 366  # longer periods are charted per month
-PAGE_SIZE = 200
 RENEWS_FORMAT = "j F Y, H:i"  # '1 December 2026, 00:00'
 CONVERSATIONS_PAGE_SIZE = 100
 
-
-# ------------------------------------------------------------------ formatting
+# The columns after a table's first (user, model or day): counts, the tokens, the cost.
+COLUMNS = (
+    ("requests", "Requests"),
+    ("errors", "Errors"),
+    ("estimated", "Estimated"),
+    *((counter.field, counter.label) for counter in billing.TOKEN_COUNTERS),
+    ("cost", "Cost (USD)"),
+)
 
 
 def usd(ticks: int | None) -> str:
@@ -61,11 +69,22 @@ def usd(ticks: int | None) -> str:
     return f"{value:f}"
 
 
-def csv_safe(value: str) -> str:
+def csv_safe(value: Any) -> Any:
     """A text cell that spreadsheets will not run as a formula."""
-    if value and value[0] in "=+-@\t\r":
+    if isinstance(value, str) and value and value[0] in "=+-@\t\r":
         return "'" + value
     return value
+
+
+def csv_response(
+    filename: str, header: Iterable[str], rows: Iterable[Iterable[Any]]
+) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(header)
+    writer.writerows([csv_safe(value) for value in row] for row in rows)
+    return response
 
 
 def plural(count: int, one: str, many: str) -> str:
@@ -75,53 +94,16 @@ def plural(count: int, one: str, many: str) -> str:
 # ------------------------------------------------------------------ the period
 
 
-@dataclass
+@dataclass(frozen=True)
 class Period:
     """Whole local days, both ends included."""
 
     start: dt.date
     end: dt.date
-    errors: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_query(cls, params: QueryDict, today: dt.date) -> Period:
-        default_start = today - dt.timedelta(days=DEFAULT_DAYS - 1)
-        errors: list[str] = []
-
-        def parse(name: str, label: str, default: dt.date) -> dt.date:
-            value = params.get(name, "").strip()
-            if not value:
-                return default
-            try:
-                return dt.date.fromisoformat(value)
-            except ValueError:
-                errors.append(
-                    f"The {label} date “{value}” is not a date like {today.isoformat()}; "
-                    f"showing {default.isoformat()} instead."
-                )
-                return default
-
-        start = parse("start", "start", default_start)
-        end = parse("end", "end", today)
-        if start > end:
-            errors.append(
-                f"The period starts ({start.isoformat()}) after it ends ({end.isoformat()}); "
-                f"showing the last {DEFAULT_DAYS} days instead."
-            )
-            start, end = default_start, today
-        if (end - start).days + 1 > MAX_DAYS:
-            start = end - dt.timedelta(days=MAX_DAYS - 1)
-            errors.append(
-                f"Periods are limited to {MAX_DAYS} days; showing from {start.isoformat()}."
-            )
-        return cls(start, end, errors)
 
     @property
     def days(self) -> int:
         return (self.end - self.start).days + 1
-
-    def dates(self) -> list[dt.date]:
-        return [self.start + dt.timedelta(days=i) for i in range(self.days)]
 
     def bounds(self) -> tuple[dt.datetime, dt.datetime]:
         """The period as aware datetimes, the end excluded, in the local time zone."""
@@ -134,16 +116,69 @@ class Period:
         return f"start={self.start.isoformat()}&end={self.end.isoformat()}"
 
 
-def with_params(params: QueryDict, **changes: Any) -> str:
-    """The query string of `params` with `changes` (None removes a parameter)."""
-    query = params.copy()
-    for name, value in changes.items():
-        if value is None:
-            query.pop(name, None)
-        else:
-            query[name] = str(value)
-    encoded = query.urlencode()
-    return "?" + encoded if encoded else "?"
+class DateInput(forms.DateInput):
+    input_type = "date"
+    format = "%Y-%m-%d"
+
+
+class PeriodForm(forms.Form):
+    """From and to, both included: the last 30 days where left blank or invalid."""
+
+    start = forms.DateField(label="From", required=False, widget=DateInput)
+    end = forms.DateField(label="to", required=False, widget=DateInput)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        start, end = data.get("start"), data.get("end")
+        if start and end and start > end:
+            raise forms.ValidationError("The period starts after it ends.")
+        if start and end and (end - start).days + 1 > MAX_DAYS:
+            raise forms.ValidationError(f"Periods are limited to {MAX_DAYS} days.")
+        return data
+
+    @classmethod
+    def read(cls, params: QueryDict, today: dt.date) -> tuple[PeriodForm, Period]:
+        """The form as submitted (showing the last 30 days where not), and its period."""
+        default = Period(today - dt.timedelta(days=DEFAULT_DAYS - 1), today)
+        data = params.copy()
+        data.setdefault("start", default.start.isoformat())
+        data.setdefault("end", default.end.isoformat())
+        form = cls(data)
+        if not form.is_valid():
+            return form, default
+        end = form.cleaned_data["end"] or today
+        start = form.cleaned_data["start"] or end - dt.timedelta(days=DEFAULT_DAYS - 1)
+        return form, Period(start, end)
+
+
+# ------------------------------------------------------------------ the table
+
+
+def cells(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row's cells after its first: counts, tokens, cost."""
+    return [
+        {"name": name, "value": usd(row["cost_in_usd_ticks"]) if name == "cost" else row[name]}
+        for name, _ in COLUMNS
+    ]
+
+
+def usage_table(
+    table_id: str,
+    heading: str,
+    rows: Iterable[dict[str, Any]],
+    empty: str,
+    totals: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The context of templates/usage/table.html. Each row has `label`, optionally `url`
+    and `data` (its data- attributes), and the sums of USAGE_SUMS."""
+    return {
+        "id": table_id,
+        "heading": heading,
+        "labels": [label for _, label in COLUMNS],
+        "rows": [{**row, "cells": cells(row)} for row in rows],
+        "empty": empty,
+        "totals": cells(totals) if totals is not None else None,
+    }
 
 
 # ------------------------------------------------------------------ the chart
@@ -160,7 +195,7 @@ def chart_bars(days: UsageDayQuerySet, period: Period) -> tuple[list[Bar], str]:
     """Tokens and cost per day of `period` (per month for long periods), zeros included."""
     if period.days <= MAX_DAILY_BARS:
         found = {row["day"]: row for row in days.grouped("day").order_by()}
-        keys = period.dates()
+        keys = [period.start + dt.timedelta(days=i) for i in range(period.days)]
         labels = [day.isoformat() for day in keys]
         unit = "day"
     else:
@@ -185,211 +220,94 @@ def chart_bars(days: UsageDayQuerySet, period: Period) -> tuple[list[Bar], str]:
     return bars, unit
 
 
-def chart_svg(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> SafeString:
-    """Two bar panels (tokens, then cost) as inline SVG: no script, no style attribute."""
-    width, left, right, top = 760, 96, 16, 30
-    panel, gap, bottom = 110, 62, 34
-    height = top + 2 * panel + gap + bottom
-    plot = width - left - right
-    slot = plot / max(len(bars), 1)
-    bar_width = max(slot * 0.75, 0.5)
-    series: list[tuple[str, list[int], Callable[[int], str], str]] = [
-        ("Tokens", [b.tokens for b in bars], lambda v: f"{v:,} tokens", "#417690"),
-        ("Cost (USD)", [b.cost_ticks for b in bars], lambda v: f"${usd(v)}", "#b8860b"),
-    ]
-    title_id, desc_id = f"{chart_id}-title", f"{chart_id}-desc"
-    total_tokens = sum(b.tokens for b in bars)
-    total_cost = sum(b.cost_ticks for b in bars)
-    out = [
-        f'<svg id="{escape(chart_id)}" class="usage-chart" xmlns="http://www.w3.org/2000/svg" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'aria-labelledby="{title_id} {desc_id}">',
-        f'<title id="{title_id}">{escape(caption)}</title>',
-        f'<desc id="{desc_id}">{len(bars)} {unit}s, {total_tokens:,} tokens, '
-        f"${escape(usd(total_cost))} in all.</desc>",
-    ]
-    for index, (name, values, describe, colour) in enumerate(series):
-        y0 = top + index * (panel + gap)
-        base = y0 + panel
-        peak = max(values, default=0)
-        out.append(
-            f'<text class="chart-axis-title" x="{left}" y="{y0 - 10}" font-size="13" '
-            f'font-weight="bold">{escape(name)} per {unit}</text>'
-        )
-        out.append(
-            f'<line x1="{left}" y1="{y0}" x2="{left}" y2="{base}" stroke="#767676"/>'
-            f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" stroke="#767676"/>'
-        )
-        for value, y in ((peak, y0 + 4), (0, base)):
-            label = f"{value:,}" if index == 0 else f"${usd(value)}"
-            out.append(
-                f'<text class="chart-axis-label" x="{left - 6}" y="{y}" font-size="11" '
-                f'text-anchor="end">{escape(label)}</text>'
-            )
-        for position, (bar, value) in enumerate(zip(bars, values, strict=True)):
-            bar_height = panel * value / peak if peak else 0.0
-            x = left + position * slot + (slot - bar_width) / 2
-            out.append(
-                f'<rect class="bar" data-label="{escape(bar.label)}" data-value="{value}" '
-                f'x="{x:.2f}" y="{base - bar_height:.2f}" width="{bar_width:.2f}" '
-                f'height="{bar_height:.2f}" fill="{colour}">'
-                f"<title>{escape(bar.label)}: {escape(describe(value))}</title></rect>"
-            )
-        if bars:  # the first, middle and last labels under each panel
-            last = len(bars) - 1
-            for position in sorted({0, len(bars) // 2, last}):
-                # The first label starts at its bar, the last ends at its bar: both stay inside.
-                anchor, x = "middle", left + (position + 0.5) * slot
-                if position == 0:
-                    anchor, x = "start", left + position * slot
-                elif position == last:
-                    anchor, x = "end", left + (position + 1) * slot
-                out.append(
-                    f'<text class="chart-axis-label" x="{x:.2f}" y="{base + 16}" '
-                    f'font-size="11" text-anchor="{anchor}">{escape(bars[position].label)}</text>'
-                )
-    out.append("</svg>")
-    return mark_safe("".join(out))  # every text above is escaped
+WIDTH, LEFT, RIGHT, TOP = 760, 96, 16, 30
+PANEL, GAP, BOTTOM = 110, 62, 34
 
 
-def chart_for(days: UsageDayQuerySet, period: Period, *, chart_id: str, caption: str) -> SafeString:
-    bars, unit = chart_bars(days, period)
-    return chart_svg(bars, unit, chart_id=chart_id, caption=caption)
+def chart_layout(values: list[int]) -> list[dict[str, Any]]:
+    """The bars of one panel: x, y (from the panel's top), width and height, as text.
 
-
-# ------------------------------------------------------------------ the table
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    label: str
-    field: str
-    numeric: bool = True
-
-
-COLUMNS = (
-    Column("day", "Day", "day", numeric=False),
-    Column("user", "User", "user__username", numeric=False),
-    Column("model", "Model", "model", numeric=False),
-    Column("requests", "Requests", "requests"),
-    Column("errors", "Errors", "errors"),
-    Column("estimated", "Estimated", "estimated"),
-    Column("unpriced", "Unpriced", "unpriced"),
-    Column("prompt", "Prompt", "prompt_tokens"),
-    Column("cached", "Cached prompt", "cached_prompt_tokens"),
-    Column("completion", "Completion", "completion_tokens"),
-    Column("reasoning", "Reasoning", "reasoning_tokens"),
-    Column("total", "Total tokens", "total_tokens"),
-    Column("cost", "Cost (USD)", "cost_in_usd_ticks"),
-)
-SORTABLE = {column.key: column for column in COLUMNS}
-DEFAULT_SORT = "-day"
-TIEBREAK = ("-day", "user__username", "model")
-
-
-def parse_sort(value: str | None) -> str:
-    value = (value or "").strip()
-    return value if value.lstrip("-") in SORTABLE and value.count("-") <= 1 else DEFAULT_SORT
-
-
-def ordering(sort: str) -> list[str]:
-    column = SORTABLE[sort.lstrip("-")]
-    order = [("-" if sort.startswith("-") else "") + column.field]
-    order += [name for name in TIEBREAK if name.lstrip("-") != column.field]
-    return order
-
-
-def headers(params: QueryDict, sort: str) -> list[dict[str, Any]]:
-    """Each column's label, the link that sorts by it, and its aria-sort."""
+    The tallest bar fills the panel; the first, middle and last bars get an axis label,
+    the first starting at its bar and the last ending at its bar so both stay inside.
+    """
+    slot = (WIDTH - LEFT - RIGHT) / max(len(values), 1)
+    width = max(slot * 0.75, 0.5)
+    peak = max(values, default=0)
+    last = len(values) - 1
     out = []
-    for column in COLUMNS:
-        if sort == column.key:
-            state, next_sort = "ascending", "-" + column.key
-        elif sort == "-" + column.key:
-            state, next_sort = "descending", column.key
-        else:
-            first_desc = column.numeric or column.key == "day"
-            state, next_sort = "none", ("-" if first_desc else "") + column.key
+    for position, value in enumerate(values):
+        height = PANEL * value / peak if peak else 0.0
+        tick = None
+        if position in (0, len(values) // 2, last):
+            tick = ("middle", LEFT + (position + 0.5) * slot)
+            if position == 0:
+                tick = ("start", LEFT + position * slot)
+            elif position == last:
+                tick = ("end", LEFT + (position + 1) * slot)
         out.append(
             {
-                "key": column.key,
-                "label": column.label,
-                "numeric": column.numeric,
-                "aria_sort": state,
-                "url": with_params(params, sort=next_sort, page=None, format=None),
+                "value": value,
+                "x": f"{LEFT + position * slot + (slot - width) / 2:.2f}",
+                "y": f"{PANEL - height:.2f}",
+                "width": f"{width:.2f}",
+                "height": f"{height:.2f}",
+                "anchor": tick[0] if tick else "",
+                "tick_x": f"{tick[1]:.2f}" if tick else "",
             }
         )
     return out
 
 
-def cells(row: Mapping[str, Any]) -> list[Any]:
-    """One table row's values, in COLUMNS order, as shown and as exported."""
-    out: list[Any] = []
-    for column in COLUMNS:
-        value = row[column.field]
-        if column.key == "day":
-            value = value.isoformat()
-        elif column.key == "cost":
-            value = usd(value)
-        out.append(value)
-    return out
-
-
-def total_cells(totals: Mapping[str, int]) -> list[Any]:
-    """The totals under the numeric columns, formatted as the rows are."""
-    return [
-        usd(totals[c.field]) if c.key == "cost" else totals[c.field] for c in COLUMNS if c.numeric
-    ]
-
-
-def labelled(columns: Iterable[Column], values: Iterable[Any]) -> list[dict[str, Any]]:
-    return [
-        {"key": c.key, "numeric": c.numeric, "value": v}
-        for c, v in zip(columns, values, strict=True)
-    ]
-
-
-def row_fields() -> tuple[str, ...]:
-    return ("day", "user_id", "user__username", "model", *USAGE_SUMS)
-
-
-@dataclass
-class Filters:
-    user_id: int | None = None
-    model: str = ""
-    errors: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_query(cls, params: QueryDict) -> Filters:
-        filters = cls(model=params.get("model", "").strip())
-        user = params.get("user", "").strip()
-        if user:
-            try:
-                filters.user_id = int(user)
-            except ValueError:
-                filters.errors.append(f"“{user}” is not a user id; showing every user.")
-        return filters
-
-    def apply(self, days: UsageDayQuerySet) -> UsageDayQuerySet:
-        if self.user_id is not None:
-            days = days.filter(user_id=self.user_id)
-        if self.model:
-            days = days.filter(model=self.model)
-        return days
-
-
-def csv_response(rows: Iterable[Mapping[str, Any]], period: Period) -> HttpResponse:
-    filename = f"usage-{period.start.isoformat()}-to-{period.end.isoformat()}.csv"
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    writer = csv.writer(response)
-    writer.writerow([column.field if column.key != "cost" else "cost_usd" for column in COLUMNS])
-    for row in rows:
-        writer.writerow(
-            [csv_safe(value) if isinstance(value, str) else value for value in cells(row)]
+def chart(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> dict[str, Any]:
+    """The context of templates/usage/chart.html: two panels, tokens then cost."""
+    panels = []
+    for index, (name, values, colour) in enumerate(
+        [
+            ("Tokens", [b.tokens for b in bars], "#417690"),
+            ("Cost (USD)", [b.cost_ticks for b in bars], "#b8860b"),
+        ]
+    ):
+        shown = [f"{v:,} tokens" if index == 0 else f"${usd(v)}" for v in values]
+        peak = max(values, default=0)
+        top = TOP + index * (PANEL + GAP)
+        layout = chart_layout(values)
+        for bar, item, text in zip(bars, layout, shown, strict=True):
+            item.update(label=bar.label, text=text)
+        panels.append(
+            {
+                "name": name,
+                "colour": colour,
+                "top": top,
+                "title_y": top - 10,
+                "peak_y": top + 4,
+                "base": top + PANEL,
+                "label_y": top + PANEL + 16,
+                "peak": f"{peak:,}" if index == 0 else f"${usd(peak)}",
+                "zero": "0" if index == 0 else f"${usd(0)}",
+                "bars": layout,
+            }
         )
-    return response
+    return {
+        "id": chart_id,
+        "caption": caption,
+        "unit": unit,
+        "count": len(bars),
+        "tokens": f"{sum(b.tokens for b in bars):,}",
+        "cost": usd(sum(b.cost_ticks for b in bars)),
+        "width": WIDTH,
+        "height": TOP + 2 * PANEL + GAP + BOTTOM,
+        "left": LEFT,
+        "axis_x": LEFT - 6,
+        "right": WIDTH - RIGHT,
+        "panels": panels,
+    }
+
+
+def chart_for(
+    days: UsageDayQuerySet, period: Period, *, chart_id: str, caption: str
+) -> dict[str, Any]:
+    bars, unit = chart_bars(days, period)
+    return chart(bars, unit, chart_id=chart_id, caption=caption)
 
 
 # ------------------------------------------------------------------ budgets
@@ -465,73 +383,46 @@ def budget_words(status: BudgetStatus) -> str:
     return f"You have used {status.percent}% of your {kind} budget."
 
 
-# ------------------------------------------------------------------ views
+# ------------------------------------------------------------------ the admin report's extras
 
 
-def _admin_context(request: HttpRequest, title: str) -> dict[str, Any]:
-    return {**admin.site.each_context(request), "title": title}
-
-
-@staff_member_required
-def usage_report(request: HttpRequest) -> HttpResponse:
-    params = request.GET
-    period = Period.from_query(params, timezone.localdate())
-    filters = Filters.from_query(params)
-    sort = parse_sort(params.get("sort"))
-    in_period = UsageDay.objects.between(period.start, period.end)
-    days = filters.apply(in_period)
-    rows = days.values(*row_fields()).order_by(*ordering(sort))
-    if params.get("format") == "csv":
-        return csv_response(rows.iterator(chunk_size=2000), period)
-
-    page = Paginator(rows, PAGE_SIZE).get_page(params.get("page"))
+def report_context(days: UsageDayQuerySet, period: Period | None) -> dict[str, Any]:
+    """What the report shows around the changelist, from its filtered rows: the totals,
+    the chart, the per-user table with its totals, and the budgets."""
     totals = days.sums()
-    users = list(days.grouped("user_id", "user__username").order_by("user__username"))
-    user_choices = list(
-        in_period.order_by("user__username").values_list("user_id", "user__username").distinct()
-    )
-    if filters.user_id is not None and all(uid != filters.user_id for uid, _ in user_choices):
-        user_choices.append((filters.user_id, f"user #{filters.user_id}"))
-    model_choices = list(in_period.order_by("model").values_list("model", flat=True).distinct())
-    if filters.model and filters.model not in model_choices:
-        model_choices.append(filters.model)
+    link = f"?{period.query()}" if period else ""
+    users = [
+        {
+            **row,
+            "label": row["user__username"],
+            "url": reverse("admin_usage_user", args=[row["user_id"]]) + link,
+            "data": {"username": row["user__username"], "user-id": row["user_id"]},
+        }
+        for row in days.grouped("user_id", "user__username").order_by("user__username")
+    ]
     watch, default_budget = budget_watch()
     context = {
-        **_admin_context(request, "Usage report"),
+        "title": "Usage report",
         "period": period,
-        "errors": period.errors + filters.errors,
-        "filters": filters,
-        "sort": sort,
-        "headers": headers(params, sort),
-        "page": page,
-        "rows": [{"row": row, "cells": labelled(COLUMNS, cells(row))} for row in page.object_list],
         "totals": totals,
-        "total_cells": labelled([c for c in COLUMNS if c.numeric], total_cells(totals)),
         "total_cost": usd(totals["cost_in_usd_ticks"]),
-        "users": [{**user, "cost": usd(user["cost_in_usd_ticks"])} for user in users],
-        "user_choices": user_choices,
-        "model_choices": model_choices,
-        "chart": chart_for(
+        "users_table": usage_table(
+            "usage-users", "User", users, "No requests in this period.", totals
+        ),
+        "budget_lines": watch,
+        "default_budget": default_budget,
+    }
+    if period is not None:
+        context["chart"] = chart_for(
             days,
             period,
             chart_id="usage-chart",
             caption=f"Tokens and cost, {period.start.isoformat()} to {period.end.isoformat()}",
-        ),
-        "csv_url": with_params(params, format="csv", page=None),
-        "page_urls": {
-            "first": with_params(params, page=1, format=None),
-            "previous": with_params(params, page=page.previous_page_number(), format=None)
-            if page.has_previous()
-            else None,
-            "next": with_params(params, page=page.next_page_number(), format=None)
-            if page.has_next()
-            else None,
-            "last": with_params(params, page=page.paginator.num_pages, format=None),
-        },
-        "budget_lines": watch,
-        "default_budget": default_budget,
-    }
-    return render(request, "admin/usage_report.html", context)
+        )
+    return context
+
+
+# ------------------------------------------------------------------ the drill-down
 
 
 def conversation_usage(user_id: int, period: Period) -> QuerySet:
@@ -548,9 +439,6 @@ def conversation_usage(user_id: int, period: Period) -> QuerySet:
             errors=Count("id", filter=Q(outcome="error")),
             estimated=Count("id", filter=Q(source=Usage.Source.ESTIMATED)),
             unpriced=Count("id", filter=Q(cost_in_usd_ticks__isnull=True)),
-            prompt_tokens=Sum("prompt_tokens"),
-            completion_tokens=Sum("completion_tokens"),
-            reasoning_tokens=Sum("reasoning_tokens"),
             total_tokens=Sum("total_tokens"),
             cost_in_usd_ticks=Coalesce(Sum("cost_in_usd_ticks"), 0),  # unpriced count as 0
             first=Min("created_at"),
@@ -560,14 +448,27 @@ def conversation_usage(user_id: int, period: Period) -> QuerySet:
     )
 
 
+def per_model_and_day(days: UsageDayQuerySet, empty: str, prefix: str) -> dict[str, Any]:
+    models = [
+        {**row, "label": row["model"], "data": {"model": row["model"]}}
+        for row in days.grouped("model").order_by("model")
+    ]
+    per_day = [
+        {**row, "label": row["day"].isoformat(), "data": {"day": row["day"].isoformat()}}
+        for row in days.grouped("day").order_by("-day")
+    ]
+    return {
+        "models_table": usage_table(f"{prefix}-models", "Model", models, empty),
+        "days_table": usage_table(f"{prefix}-days", "Day", per_day, empty),
+    }
+
+
 @staff_member_required
 def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
     person = get_object_or_404(get_user_model(), pk=user_id)
-    period = Period.from_query(request.GET, timezone.localdate())
+    form, period = PeriodForm.read(request.GET, timezone.localdate())
     days = UsageDay.objects.between(period.start, period.end).filter(user_id=person.pk)
     totals = days.sums()
-    per_model = list(days.grouped("model").order_by("model"))
-    per_day = list(days.grouped("day").order_by("-day"))
     budget = Budget.objects.for_user(person)
     status = budget_status(person, budget) if budget is not None else None
     page = Paginator(conversation_usage(person.pk, period), CONVERSATIONS_PAGE_SIZE).get_page(
@@ -589,15 +490,19 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
         budget_url = reverse("admin:chat_budget_change", args=[budget.pk])
     else:  # no budget, or the default one: give this user their own
         budget_url = reverse("admin:chat_budget_add") + f"?user={person.pk}"
+    report_query = (
+        f"user__id__exact={person.pk}&day__gte={period.start.isoformat()}"
+        f"&day__lte={period.end.isoformat()}"
+    )
     context = {
-        **_admin_context(request, f"Usage of {person.get_username()}"),
+        **admin.site.each_context(request),
+        "title": f"Usage of {person.get_username()}",
         "person": person,
+        "form": form,
         "period": period,
-        "errors": period.errors,
         "totals": totals,
         "total_cost": usd(totals["cost_in_usd_ticks"]),
-        "per_model": [{**r, "cost": usd(r["cost_in_usd_ticks"])} for r in per_model],
-        "per_day": [{**r, "cost": usd(r["cost_in_usd_ticks"])} for r in per_day],
+        **per_model_and_day(days, "No requests in this period.", "user"),
         "budget": budget,
         "status": status,
         "status_cost": usd(status.cost_ticks) if status else "",
@@ -606,7 +511,7 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
         "conversations": conversations,
         "page": page,
         "ledger_url": reverse("admin:chat_usage_changelist") + f"?user__id__exact={person.pk}",
-        "report_url": reverse("admin_usage") + f"?{period.query()}&user={person.pk}",
+        "report_url": reverse("admin_usage") + "?" + report_query,
         "chart": chart_for(
             days,
             period,
@@ -618,21 +523,21 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
     return render(request, "admin/usage_user.html", context)
 
 
+# ------------------------------------------------------------------ the user's own page
+
+
 @login_required
 def my_usage(request: HttpRequest) -> HttpResponse:
     """The signed-in user's own usage this budget period (this month without a budget)."""
     user = request.user
     budget = Budget.objects.for_user(user)
-    now = timezone.localtime()
     kind = budget.period if budget is not None else Budget.Period.MONTH
-    start = billing.period_start(kind, now).date()
+    start = billing.period_start(kind, timezone.localtime()).date()
     period = Period(start, timezone.localdate())
     mine = UsageDay.objects.filter(user_id=user.pk, day__gte=start)
     totals = mine.sums()
     status = budget.status(totals) if budget is not None else None
-    per_day = list(mine.grouped("day").order_by("-day"))
-    per_model = list(mine.grouped("model").order_by("model"))
-    estimated = totals["estimated"]
+    estimated, unpriced = totals["estimated"], totals["unpriced"]
     context = {
         "budget": budget,
         "status": status,
@@ -640,6 +545,7 @@ def my_usage(request: HttpRequest) -> HttpResponse:
         "period_name": "today" if kind == Budget.Period.DAY else "this month",
         "period": period,
         "totals": totals,
+        "figures": [(c.field, c.label, totals[c.field]) for c in billing.TOKEN_COUNTERS],
         "total_cost": usd(totals["cost_in_usd_ticks"]),
         "cost_left": usd(max(0, budget.max_cost_ticks - status.cost_ticks))
         if status and budget and budget.max_cost_ticks is not None
@@ -654,13 +560,12 @@ def my_usage(request: HttpRequest) -> HttpResponse:
         if estimated
         else "",
         "unpriced_note": (
-            f"{totals['unpriced']} {plural(totals['unpriced'], 'request has', 'requests have')} "
+            f"{unpriced} {plural(unpriced, 'request has', 'requests have')} "
             "no known price; the cost above leaves them out."
         )
-        if totals["unpriced"]
+        if unpriced
         else "",
-        "per_day": [{**r, "cost": usd(r["cost_in_usd_ticks"])} for r in per_day],
-        "per_model": [{**r, "cost": usd(r["cost_in_usd_ticks"])} for r in per_model],
+        **per_model_and_day(mine, "No requests yet.", "usage"),
         "chart": chart_for(
             mine,
             period,

@@ -94,13 +94,9 @@ class Usage:
         )
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "cached_prompt_tokens": self.cached_prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "total_tokens": self.total_tokens,
-        }
+        from chat.billing import TOKEN_FIELDS  # local: the rest of this module is rewritten apart
+
+        return {name: getattr(self, name) for name in TOKEN_FIELDS}
 
 
 def _int(value: Any) -> int:

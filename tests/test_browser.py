@@ -69,10 +69,10 @@ def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
     log_in(page, live, "staff", "staff-password-1")
     page.goto(live + "/admin/")
     page.click("text=Usage report")
-    row = page.locator("#usage-table tr[data-username=alice]")
+    row = page.locator("#usage-users tr[data-username=alice]")
     expect(row).to_be_visible()
     # slow_stream reports usage: 10 prompt + 40 completion tokens.
-    expect(row.locator("td.total")).to_have_text("50")
+    expect(row.locator("td.total_tokens")).to_have_text("50")
 
 
 def skeleton(article: Locator) -> list[str]:

@@ -101,30 +101,28 @@ def test_an_admin_filters_the_report_and_downloads_the_csv_that_matches_it(
 
     # The default period (the last 30 days) leaves alice's 40-day-old request out.
     alice = page.locator("#usage-users tr[data-username=alice]")
-    expect(alice.locator("td.total")).to_have_text(str(tokens("alice", 30)))
-    expect(page.locator("#usage-users tr[data-username=bob] td.total")).to_have_text(
+    expect(alice.locator("td.total_tokens")).to_have_text(str(tokens("alice", 30)))
+    expect(page.locator("#usage-users tr[data-username=bob] td.total_tokens")).to_have_text(
         str(tokens("bob", 30))
     )
     expect(page.locator("#usage-chart rect.bar")).to_have_count(2 * 30)
 
-    # The admin widens the period to 45 days.
+    # The admin widens the period to 90 days with the changelist's filter.
     today = dt.datetime.now(dt.UTC).date()
-    start = today - dt.timedelta(days=44)
-    page.fill("#id_start", start.isoformat())
-    page.fill("#id_end", today.isoformat())
+    start = today - dt.timedelta(days=89)
     with page.expect_navigation():
-        page.click("#usage-show")
-    assert f"start={start.isoformat()}" in page.url
-    expect(alice.locator("td.total")).to_have_text(str(tokens("alice", 45)))
-    expect(page.locator("#usage-chart rect.bar")).to_have_count(2 * 45)
-    alice_rows = page.locator("#usage-table tr[data-username=alice]")
+        page.locator("#changelist-filter a", has_text="Last 90 days").click()
+    assert "period=90" in page.url
+    expect(alice.locator("td.total_tokens")).to_have_text(str(tokens("alice", 90)))
+    expect(page.locator("#usage-chart rect.bar")).to_have_count(2 * 90)
+    alice_rows = page.locator("#result_list tbody tr", has_text="alice")
     expect(alice_rows).to_have_count(len({(ago, m) for u, ago, m, *_ in SEED if u == "alice"}))
 
     totals = page.locator("#usage-totals")
-    shown_total = int(totals.locator("td.total").inner_text())
+    shown_total = int(totals.locator("td.total_tokens").inner_text())
     shown_requests = int(totals.locator("td.requests").inner_text())
     shown_cost = Decimal(totals.locator("td.cost").inner_text())
-    assert shown_total == sum(tokens(name, 45) for name in ("alice", "bob"))
+    assert shown_total == sum(tokens(name, 90) for name in ("alice", "bob"))
 
     # The CSV holds the same rows: its sums are the page's totals.
     link = page.locator("#usage-csv")
@@ -144,15 +142,33 @@ def test_an_admin_filters_the_report_and_downloads_the_csv_that_matches_it(
     assert sum(Decimal(r["cost_usd"]) for r in rows) == shown_cost
     assert shown_cost == ticks_to_usd(sum(seed[-1] for seed in SEED))
     alice_csv = sum(int(r["total_tokens"]) for r in rows if r["user__username"] == "alice")
-    assert alice_csv == int(alice.locator("td.total").inner_text())
+    assert alice_csv == int(alice.locator("td.total_tokens").inner_text())
+
+    # The user filter: only bob's rows, and the CSV link follows it.
+    with page.expect_navigation():
+        page.locator("#changelist-filter a", has_text="bob").click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(
+        sum(1 for u, *_ in SEED if u == "bob")
+    )
+    expect(page.locator("#result_list tbody tr", has_text="alice")).to_have_count(0)
+    expect(link).to_contain_text("Download CSV (all 1 row)")
+    with page.expect_navigation():
+        page.go_back()
 
     # The drill-down: alice's conversations in the period.
     with page.expect_navigation():
         alice.locator("a").click()
-    expect(page.locator("#user-total-tokens")).to_have_text(str(tokens("alice", 45)))
+    expect(page.locator("#id_start")).to_have_value(start.isoformat())
+    expect(page.locator("#user-total-tokens")).to_have_text(str(tokens("alice", 90)))
     expect(page.locator("#user-conversations tbody tr")).to_have_count(
         sum(1 for u, *_ in SEED if u == "alice")
     )
+    # ...and its period form: back to the last 30 days.
+    page.fill("#id_start", (today - dt.timedelta(days=29)).isoformat())
+    with page.expect_navigation():
+        page.click("#usage-period input[type=submit]")
+    expect(page.locator("#user-total-tokens")).to_have_text(str(tokens("alice", 30)))
+    expect(page.locator("#user-usage-chart rect.bar")).to_have_count(2 * 30)
 
 
 def test_a_user_sees_their_own_usage_page(page: Page, live: str) -> None:
@@ -166,5 +182,7 @@ def test_a_user_sees_their_own_usage_page(page: Page, live: str) -> None:
         for u, ago, _, p, c, r, _ in SEED
         if u == "alice" and today - dt.timedelta(days=ago) >= this_month
     )
-    expect(page.locator("#usage-total")).to_have_text(str(expected))
+    expect(page.locator("#usage-total_tokens")).to_have_text(str(expected))
+    expect(page.locator("#usage-days tfoot")).to_have_count(0)
+    expect(page.locator("#usage-days tbody tr td.total_tokens")).not_to_have_count(0)
     expect(page.locator("#my-usage-chart rect.bar")).to_have_count(2 * today.day)

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from django.contrib import admin
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connection
@@ -18,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from chat import billing, reports
-from chat.models import Budget, Conversation, Message, Usage
+from chat.models import USAGE_SUMS, Budget, Conversation, Message, Usage, UsageDay
 
 pytestmark = pytest.mark.django_db
 
@@ -124,14 +125,25 @@ def table(
     return [(attrs, cells) for sec, attrs, cells in parser.rows if sec == section]
 
 
-def data_rows(html: str, table_id: str = "usage-table") -> list[list[str]]:
-    """The shown rows of a table, without its 'No requests' line."""
-    return [cells for attrs, cells in table(html, table_id) if "data-username" in attrs]
+def data_rows(html: str) -> list[list[str]]:
+    """The rows of the report's changelist (which shows no table when there are none)."""
+    if 'id="result_list"' not in html:
+        assert "0 usage days" in html
+        return []
+    return [cells for _, cells in table(html, "result_list")]
 
 
-def totals_row(html: str) -> list[str]:
-    [(_, cells)] = table(html, "usage-table", "tfoot")
-    return cells[1:]  # after the "Total" header cell
+def columns(html: str) -> list[str]:
+    """The changelist's column names, in order."""
+    start = html.index('id="result_list"')
+    head = html[start : html.index("</thead>", start)]
+    return re.findall(r'<th scope="col" class="[^"]*column-(\w+)', head)
+
+
+def report_totals(html: str) -> dict[str, str]:
+    """The totals row under the per-user table, by column."""
+    row = re.search(r'<tr id="usage-totals">(.*?)</tr>', html, re.S).group(1)
+    return dict(re.findall(r'<td class="num (\w+)">([^<]*)</td>', row))
 
 
 def page_html(client, url: str) -> str:
@@ -189,6 +201,7 @@ def test_non_staff_are_sent_to_the_admin_login(client, alice, ledger):
     for url in [
         "/admin/usage/",
         "/admin/usage/?format=csv",
+        "/admin/chat/usageday/",
         f"/admin/usage/user/{alice.id}/",
     ]:
         response = client.get(url)
@@ -202,31 +215,46 @@ def test_the_admin_index_links_to_the_report(client, staff):
     assert re.search(r'<a href="/admin/usage/">Usage report</a>', html)
 
 
+def test_the_counter_fields_are_the_token_counters():
+    for model in (Usage, UsageDay):
+        fields = [f.name for f in model._meta.get_fields() if f.name.endswith("_tokens")]
+        assert tuple(fields) == billing.TOKEN_FIELDS, model
+    assert [c.field for c in billing.TOKEN_COUNTERS] == list(billing.TOKEN_FIELDS)
+    # The report's columns, the CSV's and the rollup's sums follow them, in their order.
+    assert USAGE_SUMS[4:-1] == billing.TOKEN_FIELDS
+    assert [name for name, _ in reports.COLUMNS[3:-1]] == list(billing.TOKEN_FIELDS)
+    report = admin.site.get_model_admin(UsageDay)
+    assert report.csv_header[7:-1] == billing.TOKEN_FIELDS
+
+
 def test_the_totals_equal_the_sum_of_the_rows_and_of_what_was_spent(client, staff, ledger):
     client.force_login(staff)
     html = page_html(client, "/admin/usage/")
-    rows = data_rows(html)
+    names = columns(html)
+    rows = [dict(zip(names, cells, strict=True)) for cells in data_rows(html)]
     # One row per user, model and day.
     keys = {(r.user.username, r.model, timezone.localdate(r.created_at)) for r in ledger}
-    assert {(cells[1], cells[2], dt.date.fromisoformat(cells[0])) for cells in rows} == keys
-    totals = totals_row(html)
-    for index, total in enumerate(totals[:-1]):
-        assert sum(int(cells[NUMERIC][index]) for cells in rows) == int(total)
-    assert sum(Decimal(cells[-1]) for cells in rows) == Decimal(totals[-1])
+    assert {(r["username"], r["model"], dt.date.fromisoformat(r["date"])) for r in rows} == keys
+    totals = report_totals(html)
+    for name in ("requests", "errors", "estimated", *billing.TOKEN_FIELDS):
+        assert sum(int(row[name]) for row in rows) == int(totals[name]), name
+    assert sum(Decimal(row["cost"]) for row in rows) == Decimal(totals["cost"])
     # ...and both are what the ledger recorded.
-    header = [cells for _, cells in table(html, "usage-table", "thead")][0]
-    assert header[11].startswith("Total tokens") and header[12].startswith("Cost")
-    assert int(totals[8]) == sum(r.total_tokens for r in ledger)
-    assert int(totals[0]) == len(ledger)
-    assert int(totals[3]) == sum(1 for r in ledger if r.cost_in_usd_ticks is None)
+    for name in billing.TOKEN_FIELDS:
+        assert int(totals[name]) == sum(getattr(r, name) for r in ledger), name
+    assert int(totals["requests"]) == len(ledger)
+    assert sum(int(row["unpriced"]) for row in rows) == sum(
+        1 for r in ledger if r.cost_in_usd_ticks is None
+    )
     expected_cost = billing.ticks_to_usd(sum(r.cost_in_usd_ticks or 0 for r in ledger))
-    assert Decimal(totals[-1]) == expected_cost
-    # The per-user summary adds up to the same totals.
+    assert Decimal(totals["cost"]) == expected_cost
+    assert f'id="usage-total-tokens">{sum(r.total_tokens for r in ledger)}<' in html
+    # The per-user table adds up to the same totals.
     users = {attrs["data-username"]: cells for attrs, cells in table(html, "usage-users")}
     assert set(users) == {"alice", "bob", "carol"}
     for name, cells in users.items():
         assert int(cells[8]) == sum(r.total_tokens for r in ledger if r.user.username == name)
-    assert sum(int(cells[8]) for cells in users.values()) == int(totals[8])
+    assert sum(int(cells[8]) for cells in users.values()) == int(totals["total_tokens"])
 
 
 def test_costs_are_shown_exactly_with_at_least_four_decimals():
@@ -251,115 +279,129 @@ def test_the_report_filters_by_period_user_and_model(client, staff, alice, bob, 
             if keep(r)
         }
 
-    days = sorted({timezone.localdate(r.created_at) for r in ledger})
-    first, middle, last = days
-    assert shown(f"?start={middle}&end={middle}") == expected(
-        lambda r: timezone.localdate(r.created_at) == middle
-    )
-    assert shown(f"?start={first}&end={middle}") == expected(
-        lambda r: timezone.localdate(r.created_at) <= middle
-    )
-    assert shown(f"?user={bob.id}") == expected(lambda r: r.user_id == bob.id)
+    def day(r: Usage) -> dt.date:
+        return timezone.localdate(r.created_at)
+
+    first, middle, last = sorted({day(r) for r in ledger})
+    assert shown(f"?day__gte={middle}&day__lte={middle}") == expected(lambda r: day(r) == middle)
+    assert shown(f"?day__gte={first}&day__lte={middle}") == expected(lambda r: day(r) <= middle)
+    hierarchy = f"?day__year={last.year}&day__month={last.month}&day__day={last.day}"
+    assert shown(hierarchy) == expected(lambda r: day(r) == last)
+    assert shown(f"?user__id__exact={bob.id}") == expected(lambda r: r.user_id == bob.id)
     assert shown("?model=grok-3-mini") == expected(lambda r: r.model == "grok-3-mini")
-    assert shown(f"?user={alice.id}&model=grok-4") == expected(
+    assert shown(f"?user__id__exact={alice.id}&model=grok-4") == expected(
         lambda r: r.user_id == alice.id and r.model == "grok-4"
     )
-    # The totals follow the filter.
-    html = page_html(client, f"/admin/usage/?user={bob.id}")
-    assert int(totals_row(html)[8]) == sum(r.total_tokens for r in ledger if r.user_id == bob.id)
-    # Nothing before the period.
-    empty = page_html(client, "/admin/usage/?start=2001-01-01&end=2001-01-31")
+    # The filters offer the users and the models.
+    html = page_html(client, "/admin/usage/")
+    assert f'href="?user__id__exact={alice.id}"' in html and 'href="?model=grok-3-mini"' in html
+    html = page_html(client, f"/admin/usage/?user__id__exact={bob.id}")
+    # The totals and the per-user table follow the filter.
+    assert int(report_totals(html)["total_tokens"]) == sum(
+        r.total_tokens for r in ledger if r.user_id == bob.id
+    )
+    assert [a["data-username"] for a, _ in table(html, "usage-users")] == ["bob"]
+    # Nothing in the period.
+    empty = page_html(client, "/admin/usage/?day__gte=2001-01-01&day__lte=2001-01-31")
     assert data_rows(empty) == [] and "No requests in this period." in empty
-    assert totals_row(empty)[8] == "0"
+    assert report_totals(empty)["total_tokens"] == "0"
 
 
 def test_the_default_period_is_the_last_30_days(client, staff, alice):
     spend(alice, prompt=1, when=at(today() - dt.timedelta(days=29)))
     spend(alice, prompt=2, when=at(today() - dt.timedelta(days=30)))
+    spend(alice, prompt=4, when=at(today() - dt.timedelta(days=400)))
     client.force_login(staff)
-    rows = data_rows(page_html(client, "/admin/usage/"))
-    assert [c[0] for c in rows] == [(today() - dt.timedelta(days=29)).isoformat()]
+    html = page_html(client, "/admin/usage/")
+    assert [c[0] for c in data_rows(html)] == [(today() - dt.timedelta(days=29)).isoformat()]
+    assert f"{today() - dt.timedelta(days=29)} to {today()}" in html
+    assert len(data_rows(page_html(client, "/admin/usage/?period=90"))) == 2
+    assert len(data_rows(page_html(client, "/admin/usage/?period=all"))) == 3
+    # Days picked otherwise replace the default.
+    old = today() - dt.timedelta(days=400)
+    assert [c[0] for c in data_rows(page_html(client, f"/admin/usage/?day__lte={old}"))] == [
+        old.isoformat()
+    ]
 
 
-def test_an_invalid_date_shows_a_message_and_the_default_period(client, staff, ledger):
+def test_an_unknown_filter_is_refused_by_the_changelist(client, staff, ledger):
     client.force_login(staff)
-    response = client.get("/admin/usage/?start=2025-13-40&end=yesterday")
-    html = response.content.decode()
-    assert "The start date “2025-13-40” is not a date" in html
-    assert "The end date “yesterday” is not a date" in html
-    period = response.context["period"]
-    assert (period.start, period.end) == (today() - dt.timedelta(days=29), today())
-    assert len(data_rows(html)) == len(
-        {(r.user_id, r.model, timezone.localdate(r.created_at)) for r in ledger}
-    )
-    swapped = client.get(f"/admin/usage/?start={today()}&end={today() - dt.timedelta(days=3)}")
-    assert "after it ends" in swapped.content.decode()
-    assert swapped.context["period"].end == today()
-    bad_user = client.get("/admin/usage/?user=alice").content.decode()
-    assert "“alice” is not a user id" in bad_user
+    response = client.get("/admin/usage/?start=2025-13-40")
+    assert response.status_code == 302 and response["Location"] == "/admin/usage/?e=1"
+    assert client.get("/admin/usage/?e=1").status_code == 200
+
+
+def sort_link(html: str, label: str) -> str:
+    """The query of the link that sorts by the column headed `label` (first click)."""
+    return re.search(rf'<div class="text"><a href="\?(o=[^"]+)">{label}</a>', html).group(1)
 
 
 @pytest.mark.parametrize(
-    "sort, column, numeric, reverse",
+    "label, column, numeric",
     [
-        ("-total", 11, True, True),
-        ("total", 11, True, False),
-        ("-cost", 12, "money", True),
-        ("prompt", 7, True, False),
-        ("user", 1, False, False),
-        ("-model", 2, False, True),
-        ("day", 0, False, False),
+        ("Total", 11, True),
+        ("Cost \\(USD\\)", 12, "money"),
+        ("Prompt", 7, True),
+        ("User", 1, False),
+        ("Model", 2, False),
+        ("Day", 0, False),
     ],
 )
-def test_the_report_sorts_by_a_column_either_way(
-    client, staff, ledger, sort, column, numeric, reverse
-):
+def test_the_report_sorts_by_a_column_either_way(client, staff, ledger, label, column, numeric):
     client.force_login(staff)
-    html = page_html(client, f"/admin/usage/?sort={sort}")
-    values = [cells[column] for cells in data_rows(html)]
+    html = page_html(client, "/admin/usage/")
     key = {True: int, "money": Decimal, False: str}[numeric]
-    assert [key(v) for v in values] == sorted((key(v) for v in values), reverse=reverse)
-    assert len(set(values)) > 1  # the order is visible
-    # The header of the sorted column links to the other direction.
-    name = sort.lstrip("-")
-    flipped = name if sort.startswith("-") else "-" + name
-    assert f'href="?sort={flipped}" data-sort="{name}"' in html
+    query = sort_link(html, label)
+    orders = []
+    for _ in range(2):  # the sorted column's header links to the other direction
+        sorted_html = page_html(client, "/admin/usage/?" + query)
+        values = [key(cells[column]) for cells in data_rows(sorted_html)]
+        assert len(set(values)) > 1  # the order is visible
+        orders.append(values)
+        query = sort_link(sorted_html, label)
+    first, second = orders
+    ascending = first == sorted(first)
+    assert first == sorted(first, reverse=not ascending)
+    assert second == sorted(second, reverse=ascending)
 
 
 def test_the_default_sort_is_newest_day_first_then_user(client, staff, ledger):
     client.force_login(staff)
-    for query in ["", "?sort=bogus", "?sort=--total", "?sort=password"]:
-        rows = data_rows(page_html(client, "/admin/usage/" + query))
-        keys = [(c[0], c[1], c[2]) for c in rows]
-        expected = sorted(keys, key=lambda k: (k[1], k[2]))
-        expected.sort(key=lambda k: k[0], reverse=True)
-        assert keys == expected, query
+    rows = data_rows(page_html(client, "/admin/usage/"))
+    keys = [(c[0], c[1], c[2]) for c in rows]
+    expected = sorted(keys, key=lambda k: (k[1], k[2]))
+    expected.sort(key=lambda k: k[0], reverse=True)
+    assert keys == expected
 
 
 def test_the_rows_come_in_pages_and_the_totals_cover_every_page(client, staff, ledger, monkeypatch):
-    monkeypatch.setattr(reports, "PAGE_SIZE", 2)
+    monkeypatch.setattr(admin.site.get_model_admin(UsageDay), "list_per_page", 2)
     client.force_login(staff)
-    first = page_html(client, "/admin/usage/?sort=-total")
+    by_total = sort_link(page_html(client, "/admin/usage/"), "Total")
+    first = page_html(client, f"/admin/usage/?{by_total}")
     pages = [data_rows(first)]
-    assert "page 1 of 3" in first
     for number in (2, 3):
-        pages.append(data_rows(page_html(client, f"/admin/usage/?sort=-total&page={number}")))
+        pages.append(data_rows(page_html(client, f"/admin/usage/?{by_total}&p={number}")))
     assert [len(p) for p in pages] == [2, 2, 1]
     everything = [row for page in pages for row in page]
     totals = [int(c[11]) for c in everything]
-    assert totals == sorted(totals, reverse=True)  # the sort holds across pages
+    assert totals in (sorted(totals), sorted(totals, reverse=True))  # the sort holds
     # Every page shows the totals of the whole filter.
-    assert int(totals_row(first)[8]) == sum(totals) == sum(r.total_tokens for r in ledger)
+    assert int(report_totals(first)["total_tokens"]) == sum(totals)
+    assert sum(totals) == sum(r.total_tokens for r in ledger)
     assert "Download CSV (all 5 rows)" in first
-    # The next link keeps the sort.
-    assert 'href="?sort=-total&amp;page=2" rel="next"' in first
+    # The page links keep the sort.
+    assert f'href="?{by_total.replace("&", "&amp;")}&amp;p=2"' in first
 
 
 def test_the_csv_holds_the_table_every_row_in_the_same_order(client, staff, ledger, monkeypatch):
     client.force_login(staff)
-    query = "?sort=-prompt&model=grok-4"
-    shown = data_rows(page_html(client, "/admin/usage/" + query))
-    response, rows = read_csv(client, "/admin/usage/" + query + "&format=csv")
+    by_prompt = sort_link(page_html(client, "/admin/usage/"), "Prompt")
+    query = f"?{by_prompt}&model=grok-4"
+    html = page_html(client, "/admin/usage/" + query)
+    shown = data_rows(html)
+    csv_url = re.search(r'id="usage-csv" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    response, rows = read_csv(client, "/admin/usage/" + csv_url)
     assert response["Content-Type"].startswith("text/csv")
     start = today() - dt.timedelta(days=29)
     assert response["Content-Disposition"] == (
@@ -373,18 +415,21 @@ def test_the_csv_holds_the_table_every_row_in_the_same_order(client, staff, ledg
         assert all(re.fullmatch(r"\d+", value) for value in row[3:-1])
         assert re.fullmatch(r"\d+\.\d{4,}", row[-1])
     # With pages, the CSV still has every row of the filter, in the table's order.
-    monkeypatch.setattr(reports, "PAGE_SIZE", 1)
-    page_one = data_rows(page_html(client, "/admin/usage/?sort=user"))
-    _, every = read_csv(client, "/admin/usage/?sort=user&format=csv&page=2")
-    assert len(page_one) == 1 and every[1] == page_one[0]
+    monkeypatch.setattr(admin.site.get_model_admin(UsageDay), "list_per_page", 1)
+    by_user = sort_link(page_html(client, "/admin/usage/"), "User")
+    page_two = page_html(client, f"/admin/usage/?{by_user}&p=2")
+    _, every = read_csv(client, f"/admin/usage/?{by_user}&format=csv&p=2")
+    assert "Download CSV (all 5 rows)" in page_two
+    assert len(data_rows(page_two)) == 1 and every[2] == data_rows(page_two)[0]
     days = {(r.user_id, r.model, timezone.localdate(r.created_at)) for r in ledger}
     assert len(every) - 1 == len(days)
-    assert [row[1] for row in every[1:]] == sorted(row[1] for row in every[1:])
+    users = [row[1] for row in every[1:]]
+    assert users in (sorted(users), sorted(users, reverse=True)) and len(set(users)) > 1
 
 
 def test_the_csv_period_is_in_its_file_name(client, staff, ledger):
     client.force_login(staff)
-    response = client.get("/admin/usage/?start=2024-02-01&end=2024-02-29&format=csv")
+    response = client.get("/admin/usage/?day__gte=2024-02-01&day__lte=2024-02-29&format=csv")
     assert 'filename="usage-2024-02-01-to-2024-02-29.csv"' in response["Content-Disposition"]
     assert list(csv.reader(io.StringIO(response.content.decode())))[1:] == []
 
@@ -399,6 +444,7 @@ def test_csv_cells_never_start_a_formula(client, staff, django_user_model, name)
     assert row[1] == "'" + name
     assert row[2] == "'=cmd|' /C calc'!A0"
     assert row[3] == "1" and row[7] == "5"
+    assert reports.csv_safe(5) == 5 and reports.csv_safe("grok-4") == "grok-4"
 
 
 def test_the_chart_has_a_bar_per_day_and_zero_bars_for_quiet_days(client, staff, alice):
@@ -406,7 +452,7 @@ def test_the_chart_has_a_bar_per_day_and_zero_bars_for_quiet_days(client, staff,
     spend(alice, prompt=40, cost_ticks=4_000, when=at(quiet_start + dt.timedelta(days=1)))
     spend(alice, prompt=10, cost_ticks=1_000, when=at(today()))
     client.force_login(staff)
-    html = page_html(client, f"/admin/usage/?start={quiet_start}&end={today()}")
+    html = page_html(client, f"/admin/usage/?day__gte={quiet_start}&day__lte={today()}")
     svg = re.search(r'<svg id="usage-chart".*?</svg>', html, re.S).group(0)
     bars = re.findall(r'<rect class="bar" data-label="([^"]+)" data-value="(\d+)"', svg)
     days = [(quiet_start + dt.timedelta(days=i)).isoformat() for i in range(7)]
@@ -419,17 +465,41 @@ def test_the_chart_has_a_bar_per_day_and_zero_bars_for_quiet_days(client, staff,
     assert f"<title>{days[1]}: 40 tokens</title>" in svg
     assert f"<title>{days[-1]}: ${reports.usd(1_000)}</title>" in svg
     assert "Tokens per day" in svg and "Cost (USD) per day" in svg
-    # The tallest bar fills the panel; a quiet day has no height.
     heights = dict(re.findall(r'data-label="([^"]+)" data-value="\d+" [^>]*height="([\d.]+)"', svg))
     assert float(heights[days[2]]) == 0.0
     # No script and no style attribute: the page's CSP allows neither inline.
     assert "<script" not in svg and "style=" not in svg
 
 
+def test_the_bars_fill_the_panel_from_the_tallest_and_label_both_ends():
+    bars = reports.chart_layout([0, 50, 100, 25])
+    assert [float(b["height"]) for b in bars] == [0.0, 55.0, 110.0, 27.5]
+    assert all(float(b["y"]) + float(b["height"]) == reports.PANEL for b in bars)
+    slot = (reports.WIDTH - reports.LEFT - reports.RIGHT) / 4
+    assert float(bars[1]["x"]) == pytest.approx(reports.LEFT + slot * 1.125, abs=0.01)
+    assert [(b["anchor"], b["tick_x"]) for b in bars] == [
+        ("start", f"{reports.LEFT:.2f}"),
+        ("", ""),
+        ("middle", f"{reports.LEFT + 2.5 * slot:.2f}"),
+        ("end", f"{reports.WIDTH - reports.RIGHT:.2f}"),
+    ]
+    assert [b["height"] for b in reports.chart_layout([0, 0])] == ["0.00", "0.00"]
+    assert reports.chart_layout([]) == []
+
+
+def test_the_chart_escapes_what_it_shows(client, staff, django_user_model):
+    person = django_user_model.objects.create_user('<b id="x">"eve"</b>', password="x-pass-1")
+    spend(person, prompt=3)
+    client.force_login(staff)
+    html = page_html(client, f"/admin/usage/user/{person.id}/")
+    svg = re.search(r'<svg id="user-usage-chart".*?</svg>', html, re.S).group(0)
+    assert "&lt;b id=&quot;x&quot;&gt;&quot;eve&quot;&lt;/b&gt;" in svg and "<b " not in svg
+
+
 def test_a_long_period_is_charted_per_month(client, staff, alice):
     spend(alice, prompt=70, when=at(dt.date(2023, 3, 15)))
     client.force_login(staff)
-    html = page_html(client, "/admin/usage/?start=2023-01-01&end=2024-06-30")
+    html = page_html(client, "/admin/usage/?day__gte=2023-01-01&day__lte=2024-06-30")
     labels = re.findall(r'<rect class="bar" data-label="([^"]+)" data-value="(\d+)"', html)
     months = [label for label, _ in labels[: len(labels) // 2]]
     assert months[0] == "2023-01" and months[-1] == "2024-06" and len(months) == 18
@@ -504,6 +574,30 @@ def test_the_drill_down_shows_the_budget_status(client, staff, alice):
     html = page_html(client, f"/admin/usage/user/{alice.id}/")
     assert "170 of 200 tokens" in html and "85%" in html and "near the limit" in html
     assert f'href="/admin/chat/budget/{budget.pk}/change/"' in html
+
+
+def test_the_drill_down_period_is_a_form_with_the_last_30_days_by_default(client, staff, alice):
+    spend(alice, prompt=5, when=at(today() - dt.timedelta(days=29)))
+    spend(alice, prompt=7, when=at(today() - dt.timedelta(days=30)))
+    client.force_login(staff)
+    url = f"/admin/usage/user/{alice.id}/"
+    default = client.get(url)
+    assert default.context["period"] == reports.Period(today() - dt.timedelta(days=29), today())
+    assert f'value="{today() - dt.timedelta(days=29)}"' in default.content.decode()
+    assert "<dd" not in default.content.decode() and 'id="user-total-tokens">5<' in (
+        default.content.decode()
+    )
+    for query, words in [
+        ("?start=2025-13-40&end=yesterday", "Enter a valid date."),
+        (f"?start={today()}&end={today() - dt.timedelta(days=3)}", "starts after it ends"),
+        ("?start=1900-01-01&end=2026-01-01", "Periods are limited to 3660 days."),
+    ]:
+        response = client.get(url + query)
+        html = response.content.decode()
+        assert words in html and 'id="usage-errors"' in html, query
+        assert response.context["period"].end == today(), query
+    longer = client.get(url + f"?start={today() - dt.timedelta(days=30)}")
+    assert longer.context["totals"]["total_tokens"] == 12
 
 
 def test_the_drill_down_404s_for_an_unknown_user(client, staff):
@@ -591,14 +685,14 @@ def test_my_usage_page_shows_my_numbers_and_never_another_users(client, alice, b
         return re.search(rf'<dd id="usage-{name}">([^<]*)</dd>', html).group(1)
 
     assert figure("requests") == str(len(mine))
-    assert figure("prompt") == str(sum(r.prompt_tokens for r in mine))
-    assert figure("cached") == str(sum(r.cached_prompt_tokens for r in mine))
-    assert figure("completion") == str(sum(r.completion_tokens for r in mine))
-    assert figure("reasoning") == str(sum(r.reasoning_tokens for r in mine))
-    assert figure("total") == str(sum(r.total_tokens for r in mine))
+    assert figure("prompt_tokens") == str(sum(r.prompt_tokens for r in mine))
+    assert figure("cached_prompt_tokens") == str(sum(r.cached_prompt_tokens for r in mine))
+    assert figure("completion_tokens") == str(sum(r.completion_tokens for r in mine))
+    assert figure("reasoning_tokens") == str(sum(r.reasoning_tokens for r in mine))
+    assert figure("total_tokens") == str(sum(r.total_tokens for r in mine))
     assert figure("cost") == "$" + reports.usd(sum(r.cost_in_usd_ticks for r in mine))
     [(_, day)] = table(html, "usage-days")
-    assert day[0] == today().isoformat() and int(day[7]) == sum(r.total_tokens for r in mine)
+    assert day[0] == today().isoformat() and int(day[8]) == sum(r.total_tokens for r in mine)
     for secret in ["987654", "987667", "bobs-private-model", reports.usd(77_777_777)]:
         assert secret not in html, secret
     assert "no limits" in html  # no budget: this month, no limits
@@ -610,7 +704,7 @@ def test_my_usage_page_counts_this_budget_period_only(client, alice):
     spend(alice, prompt=25)
     client.force_login(alice)
     html = page_html(client, "/usage/")
-    assert '<dd id="usage-total">25</dd>' in html
+    assert '<dd id="usage-total_tokens">25</dd>' in html
     assert "Your usage today" in html
 
 
@@ -701,7 +795,7 @@ def count_queries(client, url: str) -> int:
 def test_query_counts_stay_the_same_as_the_ledger_grows(
     client, staff, alice, bob, django_user_model, upstream, monkeypatch
 ):
-    monkeypatch.setattr(reports, "PAGE_SIZE", 5)
+    monkeypatch.setattr(admin.site.get_model_admin(UsageDay), "list_per_page", 5)
     monkeypatch.setattr(reports, "CONVERSATIONS_PAGE_SIZE", 5)
     Budget.objects.create(user=None, period="month", max_tokens=1000)
     Budget.objects.create(user=bob, period="day", max_tokens=100)
@@ -714,7 +808,8 @@ def test_query_counts_stay_the_same_as_the_ledger_grows(
     start = today() - dt.timedelta(days=20)
     admin_urls = [
         "/admin/usage/",
-        f"/admin/usage/?start={start}&sort=-total",
+        f"/admin/usage/?day__gte={start}&o=-11",
+        "/admin/usage/?period=all",
         "/admin/usage/?format=csv",
         f"/admin/usage/user/{alice.id}/",
     ]
@@ -743,7 +838,9 @@ def test_query_counts_stay_the_same_as_the_ledger_grows(
     after["/"] = count_queries(alice_client, "/")
     assert after == before
     # ...and few: nothing is queried per user, day, model or conversation.
-    assert max(before.values()) <= 12, before
+    # The report's changelist has its own few (the count, the page, the filters' choices,
+    # the date hierarchy) on top of ours.
+    assert max(before.values()) <= 16, before
     # The budget notice costs the chat page two queries: without budgets, one finds none.
     Budget.objects.all().delete()
     assert count_queries(alice_client, "/") == before["/"] - 1

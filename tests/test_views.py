@@ -174,15 +174,15 @@ def test_the_admin_usage_page_sums_tokens_per_user(client, alice, bob, staff):
     index = client.get("/admin/").content.decode()
     assert "/admin/usage/" in index
     response = client.get("/admin/usage/")
-    rows = {row["user__username"]: row for row in response.context["users"]}
+    rows = {row["label"]: row for row in response.context["users_table"]["rows"]}
     assert rows["alice"]["requests"] == 2
     assert rows["alice"]["total_tokens"] == 335
     assert rows["alice"]["reasoning_tokens"] == 5
     assert rows["bob"]["total_tokens"] == 11
     assert response.context["totals"]["total_tokens"] == 346
     # A period with no requests
-    empty = client.get("/admin/usage/?start=2001-01-01&end=2001-01-31")
-    assert empty.context["users"] == []
+    empty = client.get("/admin/usage/?day__gte=2001-01-01&day__lte=2001-01-31")
+    assert empty.context["users_table"]["rows"] == []
 
 
 def test_the_admin_lists_users_conversations_messages_and_usage(client, staff, alice):

@@ -1,9 +1,13 @@
-"""The budget notice on the chat page: two queries, whatever the size of the ledger."""
+"""The chat page's budget notice (two queries, whatever the size of the ledger) and the
+token counters its script's meta line lists."""
 
 from __future__ import annotations
 
 from django import template
+from django.utils.html import json_script
+from django.utils.safestring import SafeString
 
+from chat.billing import TOKEN_COUNTERS
 from chat.models import budget_status
 from chat.reports import budget_words
 
@@ -19,3 +23,10 @@ def budget_notice(user) -> str:
     if status is None or not (status.near or status.over):
         return ""
     return budget_words(status)
+
+
+@register.simple_tag
+def token_counters() -> SafeString:
+    """The counters as data for static/js/chat.js: a JSON script element, never run."""
+    counters = [{"field": c.field, "label": c.label} for c in TOKEN_COUNTERS]
+    return json_script(counters, "token-counters")

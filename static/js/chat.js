@@ -162,16 +162,18 @@ function formatUsd(value) {
   return `$${whole}.${fraction.replace(/0+$/, "").padEnd(2, "0")}`;
 }
 
+// The token counters the meta line lists, in the server's order and words (the page's
+// #token-counters, from chat.billing.TOKEN_COUNTERS).
+const tokenCounters = JSON.parse(document.getElementById("token-counters")?.textContent ?? "[]");
+
 function formatMeta(entry) {
   const parts = [];
   if (entry.model) parts.push(entry.model);
   const usage = entry.usage;
   if (usage) {
-    const cached = usage.cached_prompt_tokens ? ` (${usage.cached_prompt_tokens} cached)` : "";
-    parts.push(`${usage.prompt_tokens ?? 0} in${cached}`);
-    parts.push(`${usage.completion_tokens ?? 0} out`);
-    if (usage.reasoning_tokens) parts.push(`${usage.reasoning_tokens} reasoning`);
-    parts.push(`${usage.total_tokens ?? 0} total`);
+    for (const { field, label } of tokenCounters) {
+      if (usage[field]) parts.push(`${usage[field]} ${label.toLowerCase()}`);
+    }
     if (usage.source === "estimated") parts.push("estimated: the answer ended before the provider reported usage");
     if (usage.cost_usd) parts.push(formatUsd(usage.cost_usd));
   }
