@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any, TypeGuard
 
 
-
 # The token counters, defined once: the ledger's and the daily totals' columns, the frames'
 # usage, the reports, the CSV and the page's meta line all follow this list, in this order.
 @dataclass(frozen=True)

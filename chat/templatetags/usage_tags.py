@@ -3,12 +3,15 @@ token counters its script's meta line lists."""
 
 from __future__ import annotations
 
+import json
+
 from django import template
 from django.utils.html import json_script
 from django.utils.safestring import SafeString
 
+from chat import frames
 from chat.billing import TOKEN_COUNTERS
-from chat.models import budget_status
+from chat.models import Usage, budget_status
 from chat.reports import budget_words
 
 register = template.Library()
@@ -30,3 +33,10 @@ def token_counters() -> SafeString:
     """The counters as data for static/js/chat.js: a JSON script element, never run."""
     counters = [{"field": c.field, "label": c.label} for c in TOKEN_COUNTERS]
     return json_script(counters, "token-counters")
+
+
+@register.filter
+def usage_json(usage: Usage) -> str:
+    """A rendered answer's usage as message.end carries it, for the page's script
+    (autoescaped into its attribute like any text)."""
+    return json.dumps(frames.usage_of(usage))

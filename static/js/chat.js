@@ -143,17 +143,14 @@ function toNumber(value) {
   return Number.isFinite(number) ? number : null;
 }
 
+// A rendered answer's usage: the same object as message.end's `usage` (chat/frames.py).
 function usageFromDataset(data) {
-  if (data.totalTokens === undefined && data.promptTokens === undefined) return null;
-  return {
-    prompt_tokens: toNumber(data.promptTokens),
-    cached_prompt_tokens: toNumber(data.cachedPromptTokens),
-    completion_tokens: toNumber(data.completionTokens),
-    reasoning_tokens: toNumber(data.reasoningTokens),
-    total_tokens: toNumber(data.totalTokens),
-    source: data.usageSource || null,
-    cost_usd: data.costUsd || null,
-  };
+  if (!data.usage) return null;
+  try {
+    return JSON.parse(data.usage);
+  } catch {
+    return null;
+  }
 }
 
 // Dollars with cents, and the digits a fraction of a cent needs.
