@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -510,7 +510,7 @@ class Upstream:
 
     async def stream(
         self, answer: Answer, model: str, messages: list[dict[str, str]]
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Stream one answer, retrying only while nothing has been relayed yet."""
         attempt = 0
         loop = asyncio.get_running_loop()
@@ -538,7 +538,7 @@ class Upstream:
 
     async def _stream_once(
         self, answer: Answer, model: str, messages: list[dict[str, str]], deadline: float
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         url = self.base_url + self.dialect.path
         body = self.dialect.body(model, messages)
         loop = asyncio.get_running_loop()
