@@ -13,18 +13,16 @@ import json
 import logging
 import random
 import time
-import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import orjson
+from httpx_sse import EventSource, ServerSentEvent
 
 from chat.billing import Price, price_from_language_model
-from chat.sse import Event, EventDecoder
-from chat.transport import AsyncioTransport
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +230,7 @@ def parse_retry_after(value: str | None) -> float | None:
 # Dialects: one per API style. Each builds the request and reads its events.
 
 
-def _data(event: Event) -> Any:
+def _data(event: ServerSentEvent) -> Any:
     data = event.data
     if not data or data.isspace():  # (strip() would copy every chunk's text)
         return None
@@ -272,7 +270,7 @@ class ChatCompletions:
             "stream_options": {"include_usage": True},
         }
 
-    def feed(self, event: Event, answer: Answer) -> Delta | None:
+    def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
         if event.data.startswith("[DONE]"):
             raise StreamEnd
         obj = _data(event)
@@ -336,7 +334,7 @@ class Responses:
     def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"model": model, "input": messages, "stream": True, "store": False}
 
-    def feed(self, event: Event, answer: Answer) -> Delta | None:
+    def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
         if event.data.startswith("[DONE]"):
             raise StreamEnd
         obj = _data(event)
@@ -385,7 +383,7 @@ class AnthropicMessages:
             body["system"] = system
         return body
 
-    def feed(self, event: Event, answer: Answer) -> Delta | None:
+    def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
         obj = _data(event)
         if not isinstance(obj, dict):
             return None
@@ -446,63 +444,6 @@ class Timeouts:
     total: float = 3600.0
 
 
-class _ReadDeadline:
-    """Cancels the reading task when a read of the upstream outlasts its deadline.
-
-    An `asyncio.timeout_at` around every read pushes and cancels a timer per chunk, a
-    tenth of the relay's cost per chunk. This keeps one timer and moves the deadline as
-    a number, re-arming only when the timer finds it moved. It counts only while a read
-    is awaited, never while the stream is parked at `yield`.
-    """
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        # Weakly: a stream its consumer walked away from must not keep the consumer alive.
-        self._task = weakref.ref(task)
-        self._cancelling = task.cancelling()
-        self._until = 0.0
-        self._reading = False
-        self._handle: asyncio.TimerHandle | None = None
-        self._expired = False
-
-    async def read(self, reads: AsyncIterator[bytes], until: float) -> bytes | None:
-        """The next read of `reads` (None at its end); TimeoutError past `until`."""
-        self._until = until
-        self._reading = True
-        if self._handle is None or self._handle.when() > until:
-            self.close()
-            self._handle = self._loop.call_at(until, self._check)
-        try:
-            return await anext(reads, None)
-        except asyncio.CancelledError:
-            task = self._task()
-            # Only this deadline's own cancel is a timeout; a Stop stays a cancel.
-            if self._expired and task is not None and task.uncancel() <= self._cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            self._reading = False
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _check(self) -> None:
-        self._handle = None
-        if not self._reading:
-            return  # re-armed by the next read
-        if self._loop.time() < self._until:
-            self._handle = self._loop.call_at(self._until, self._check)
-            return
-        task = self._task()
-        if task is not None:
-            self._expired = True
-            task.cancel()
-
-
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
     weakref.WeakKeyDictionary()
 )
@@ -513,15 +454,10 @@ def shared_client(connect_timeout: float = 10.0) -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        # httpx ignores the proxy variables (HTTPS_PROXY, ...) once given a transport:
-        # where one is set, its own transport (which honours them) serves instead.
-        proxied = any(scheme != "no" for scheme in urllib.request.getproxies())
         client = httpx.AsyncClient(
             # Our own deadlines (first token, idle, total) replace httpx's read timeout.
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
-            limits=limits,
-            transport=None if proxied else AsyncioTransport(limits=limits),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
         )
         _clients[loop] = client
     return client
@@ -570,7 +506,7 @@ class Upstream:
 
     async def stream(
         self, answer: Answer, model: str, messages: list[dict[str, str]]
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Stream one answer, retrying only while nothing has been relayed yet."""
         attempt = 0
         loop = asyncio.get_running_loop()
@@ -598,74 +534,43 @@ class Upstream:
 
     async def _stream_once(
         self, answer: Answer, model: str, messages: list[dict[str, str]], deadline: float
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         url = self.base_url + self.dialect.path
         body = self.dialect.body(model, messages)
         loop = asyncio.get_running_loop()
-        started = loop.time()
         got_token = False
-
-        def next_deadline() -> float:
-            limit = self.timeouts.idle if got_token else self.timeouts.first_token
-            return min(deadline, loop.time() + limit)
-
-        # Each read of the upstream gets its own deadline (a loop time) and none is armed
-        # while this generator is parked at `yield`: a timeout around the whole loop would
-        # count the consumer's time as upstream silence and, holding the consumer's task,
-        # keep an abandoned stream (and its pool connection) alive until a full GC.
+        # Each read of the upstream gets its own deadline and none is armed while this
+        # generator is parked at `yield`: a timeout around the whole loop would count the
+        # consumer's time as upstream silence and, holding the consumer's task, keep an
+        # abandoned stream (and its pool connection) alive until a full GC.
         response: httpx.Response | None = None
-        reads: AsyncGenerator[bytes, None] | None = None
-        watchdog = _ReadDeadline()
-        until = min(deadline, started + self.timeouts.first_token)
+        events: AsyncGenerator[ServerSentEvent, None] | None = None
+        until = min(deadline, loop.time() + self.timeouts.first_token)
         try:
             async with asyncio.timeout_at(until):
                 request = self.client.build_request("POST", url, json=body, headers=self.headers())
                 response = await self.client.send(request, stream=True)
                 await self._check_response(response)
             answer.accepted = True
-            decoder = EventDecoder()
-            # We ask for no compression (it holds events back); a server that compresses
-            # anyway is decoded, at a cost per read.
-            encoded = response.headers.get("content-encoding", "identity") != "identity"
-            reads = cast(
-                AsyncGenerator[bytes, None],
-                response.aiter_bytes() if encoded else response.aiter_raw(),
-            )
+            # We ask for no compression (it holds events back); httpx decodes it anyway.
+            events = EventSource(response).aiter_sse()
             while True:
-                chunk = await watchdog.read(reads, until)
-                events = decoder.end() if chunk is None else decoder.feed(chunk)
-                # The events of one read go out as one delta: what arrived together is
-                # relayed together, in order, and costs one trip through the relay.
-                content: list[str] = []
-                reasoning: list[str] = []
-                ended = False
-                failure: UpstreamError | None = None
-                for event in events:
-                    try:
-                        delta = self.dialect.feed(event, answer)
-                    except StreamEnd:
-                        ended = True
-                        break
-                    except UpstreamError as exc:
-                        failure = exc
-                        break
-                    if delta is not None:
-                        content.append(delta.content)
-                        reasoning.append(delta.reasoning)
-                if content:
+                async with asyncio.timeout_at(until):
+                    event = await anext(events, None)
+                if event is None:
+                    return
+                try:
+                    delta = self.dialect.feed(event, answer)
+                except StreamEnd:
+                    await self._finish_body(response, events, min(deadline, loop.time() + 1.0))
+                    return
+                if delta is not None:
                     got_token = True
-                    delta = Delta("".join(content), "".join(reasoning))
                     answer.add(delta)
                     yield delta
-                if failure is not None:
-                    raise failure  # after what came before it in the same read
-                if ended:
-                    await self._finish_body(reads, watchdog, min(deadline, loop.time() + 1.0))
-                    return
-                if chunk is None:
-                    return
                 # Keepalives and empty deltas still prove the upstream is alive.
-                until = next_deadline()
+                limit = self.timeouts.idle if got_token else self.timeouts.first_token
+                until = min(deadline, loop.time() + limit)
         except TimeoutError:
             if loop.time() >= deadline - 0.001:
                 raise UpstreamError(
@@ -704,29 +609,27 @@ class Upstream:
                 f"The request to the upstream failed ({type(exc).__name__})."
             ) from None
         finally:
-            watchdog.close()
-            if reads is not None:
-                await reads.aclose()
+            if events is not None:
+                await events.aclose()
             if response is not None:
                 await response.aclose()
 
     @staticmethod
     async def _finish_body(
-        reads: AsyncGenerator[bytes, None], watchdog: _ReadDeadline, until: float
+        response: httpx.Response, events: AsyncGenerator[ServerSentEvent, None], until: float
     ) -> None:
         """Read what follows the stream's end (the HTTP body's last bytes), so that the
         connection goes back to the pool: otherwise every answer opened a new connection,
         a TCP and TLS handshake before its first token. Given up, and the connection
         closed, after 64 KiB or past `until`."""
-        left = 65536
-        while left > 0:
-            try:
-                rest = await watchdog.read(reads, until)
-            except (TimeoutError, httpx.HTTPError):
-                return  # the answer is complete: a slow or broken tail changes nothing
-            if rest is None:
-                return
-            left -= len(rest)
+        limit = response.num_bytes_downloaded + 65536
+        try:
+            async with asyncio.timeout_at(until):
+                while response.num_bytes_downloaded < limit:
+                    if await anext(events, None) is None:
+                        return
+        except (TimeoutError, httpx.HTTPError):
+            return  # the answer is complete: a slow or broken tail changes nothing
 
     async def _check_response(self, response: httpx.Response) -> None:
         if response.status_code != 200:

@@ -73,9 +73,10 @@ class Reply:
     """What the server answers to one request.
 
     body: bytes written in pieces (`pieces`: "random" sizes from 1 byte up, "whole", or a
-    list of byte strings); `delay` seconds between pieces; `end`: "close" (a proper end),
-    "drop" (cut the connection without ending the chunked body) or "stall" (keep it open
-    and silent until the test ends).
+    list of byte strings); `delay` seconds between pieces; `paced`: each piece after the
+    first waits for a `FakeUpstream.next_piece()` of the test; `end`: "close" (a proper
+    end), "drop" (cut the connection without ending the chunked body) or "stall" (keep it
+    open and silent until the test ends).
     """
 
     status: int = 200
@@ -87,6 +88,7 @@ class Reply:
     first_delay: float = 0.0
     end: str = "close"
     crlf: bool = False
+    paced: bool = False
 
 
 def json_reply(status: int, body: Any, **headers: str) -> Reply:
@@ -138,6 +140,8 @@ class FakeUpstream:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._stalls: list[asyncio.Future[None]] = []
+        self._gates: deque[asyncio.Future[None]] = deque()  # paced replies waiting
+        self._paces = 0  # next_piece() calls no paced reply waited for yet
         started = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
         self._thread.start()
@@ -169,8 +173,30 @@ class FakeUpstream:
                 if not stall.done():
                     stall.set_result(None)
             self._stalls.clear()
+            self._gates.clear()
+            self._paces = 0
 
         self._loop.call_soon_threadsafe(release)
+
+    def next_piece(self) -> None:
+        """Let a paced reply (`Reply.paced`) send its next piece."""
+
+        def grant() -> None:
+            if self._gates:
+                self._gates.popleft().set_result(None)
+            else:
+                self._paces += 1
+
+        self._loop.call_soon_threadsafe(grant)
+
+    async def _paced(self) -> None:
+        if self._paces:
+            self._paces -= 1
+            return
+        gate = self._loop.create_future()
+        self._gates.append(gate)
+        self._stalls.append(gate)  # reset() releases it too
+        await gate
 
     def stream_requests(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST"]
@@ -247,6 +273,8 @@ class FakeUpstream:
             for index, piece in enumerate(self._pieces(reply)):
                 if index and reply.delay:
                     await asyncio.sleep(reply.delay)
+                if index and reply.paced:
+                    await self._paced()
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
             if reply.end == "drop":

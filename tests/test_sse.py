@@ -1,176 +1,32 @@
-"""Event-stream decoding (chat/sse.py), checked against the SSE spec
-(html.spec.whatwg.org, "Interpreting an event stream") with hypothesis: LF, CR and CRLF line
-ends, CR and LF split across reads, multi-byte characters split across reads,
-U+2028/U+2029/U+0085/U+000B/U+000C kept inside data (not line ends), comments, one leading
-space stripped, multi-line data joined with LF, a byte order mark dropped, events without
-data not dispatched, an incomplete last event discarded at EOF. Then the dialects on top of
-it, through a real httpx response from the loopback server.
+"""Reading event streams: the upstream client against the loopback server
+(tests/fake_upstream.py). The decoding is httpx-sse's; these check what users get from it:
+every recorded transcript in any chunking with LF, CR or CRLF line ends, characters split
+across reads, U+2028 and other non-SSE line breaks kept inside data, and each dialect's
+quirks.
+
+Expected values for the recorded transcripts are copied from
+tests/fixtures/upstream/SOURCES.md, never computed with the code under test.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.sse import EventDecoder
-from chat.upstream import Answer, Upstream
-from tests.fake_upstream import FakeUpstream, Reply, chunk
+from chat.upstream import Answer, Delta, Upstream
+from tests.fake_upstream import TRANSCRIPTS as FOLDER
+from tests.fake_upstream import FakeUpstream, Reply, chunk, transcript
 
-
-def decode(chunks: list[bytes]) -> list[tuple[str, str]]:
-    decoder = EventDecoder()
-    events = [e for piece in chunks for e in decoder.feed(piece)] + decoder.end()
-    return [(e.event, e.data) for e in events]
-
-
-# ---------------------------------------------------------------------------
-# Strategies
-
-# Characters a naive splitlines() would take for line ends, and multi-byte ones.
-SPECIAL = ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
-SPECIAL += ["á", "°", "€", "😀", "\ufeff", "\x00", ":", " ", "\t", "data: x", "[DONE]"]
-
-value_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n")
-values = st.lists(
-    st.one_of(st.text(value_chars, max_size=12), st.sampled_from(SPECIAL)), max_size=6
-).map("".join)
-names = values.filter(lambda v: v != "")
-
-
-@dataclass
-class Event:
-    name: str  # "" means no event field (the event type is then "message")
-    data: list[str]  # one `data:` line each, at least one
-    comments: list[str]
-    spaced: list[bool]  # per data line: "data: v" (True) or "data:v" (False)
-
-    def lines(self) -> list[str]:
-        out = [":" + c for c in self.comments]
-        if self.name:
-            out.append("event: " + self.name)
-        for value, spaced in zip(self.data, self.spaced, strict=True):
-            # Without the space, a value that starts with a space would lose it.
-            out.append(("data: " if spaced or value.startswith(" ") else "data:") + value)
-        return out
-
-    def expected(self) -> tuple[str, str]:
-        return (self.name or "message", "\n".join(self.data))
-
-
-@st.composite
-def events(draw: st.DrawFn) -> Event:
-    data = draw(st.lists(values, min_size=1, max_size=4))
-    return Event(
-        name=draw(st.one_of(st.just(""), names)),
-        data=data,
-        comments=draw(st.lists(values, max_size=2)),
-        spaced=draw(st.lists(st.booleans(), min_size=len(data), max_size=len(data))),
-    )
-
-
-def encode(stream: list[Event], eol: str, leading_comment: str | None) -> bytes:
-    text = ""
-    if leading_comment is not None:
-        text += ":" + leading_comment + eol
-    for event in stream:
-        text += "".join(line + eol for line in event.lines()) + eol
-    return text.encode("utf-8")
-
-
-def split(body: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c for c in cuts if 0 < c < len(body)})
-    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
-
-
-# ---------------------------------------------------------------------------
-# Properties
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    stream=st.lists(events(), max_size=6),
-    eol=st.sampled_from(["\n", "\r", "\r\n"]),
-    leading_comment=st.one_of(st.none(), values),
-    data=st.data(),
-)
-def test_it_decodes_any_events_in_any_chunking_with_any_line_end(
-    stream: list[Event], eol: str, leading_comment: str | None, data: st.DataObject
-) -> None:
-    body = encode(stream, eol, leading_comment)
-    cuts = data.draw(st.lists(st.integers(0, max(len(body), 1)), max_size=40), label="cuts")
-    assert decode(split(body, cuts)) == [e.expected() for e in stream]
-
-
-@settings(max_examples=200, deadline=None)
-@given(stream=st.lists(events(), min_size=1, max_size=4), data=st.data())
-def test_it_splits_crlf_and_multibyte_characters_across_reads(
-    stream: list[Event], data: st.DataObject
-) -> None:
-    body = encode(stream, "\r\n", None)
-    # Cut between every CR and LF and inside every multi-byte character, plus a few more.
-    cuts = [i + 1 for i, byte in enumerate(body) if byte == 0x0D or byte >= 0x80]
-    cuts += data.draw(st.lists(st.integers(0, len(body)), max_size=10), label="extra")
-    assert decode(split(body, cuts)) == [e.expected() for e in stream]
-
-
-@settings(max_examples=200, deadline=None)
-@given(stream=st.lists(events(), min_size=1, max_size=4), eol=st.sampled_from(["\n", "\r", "\r\n"]))
-def test_it_decodes_one_byte_at_a_time(stream: list[Event], eol: str) -> None:
-    body = encode(stream, eol, None)
-    assert decode([body[i : i + 1] for i in range(len(body))]) == [e.expected() for e in stream]
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    stream=st.lists(events(), min_size=1, max_size=4),
-    tail=values,
-    eol=st.sampled_from(["\n", "\r", "\r\n"]),
-)
-def test_it_discards_an_incomplete_last_event_at_eof(
-    stream: list[Event], tail: str, eol: str
-) -> None:
-    body = encode(stream, eol, None) + ("data: " + tail + eol).encode()
-    assert decode([body]) == [e.expected() for e in stream]
-
-
-def test_it_does_not_dispatch_an_event_without_data() -> None:
-    assert decode([b"event: ping\n\n"]) == []
-    assert decode([b"id: 1\ndata: a\n\n\ndata: b\n\n"]) == [("message", "a"), ("message", "b")]
-    # The event type of a dataless event does not leak into the next one.
-    assert decode([b"event: ping\n\ndata: x\n\n"]) == [("message", "x")]
-
-
-def test_it_keeps_the_last_event_id_and_retry() -> None:
-    decoder = EventDecoder()
-    first, second = decoder.feed(b"id: 7\nretry: 1500\ndata: a\n\nretry: x\ndata: b\n\n")
-    assert (first.id, first.retry, second.id, second.retry) == ("7", 1500, "7", 1500)
-    assert decoder.feed(b"id: a\x00b\ndata: c\n\n")[0].id == "7"  # an id with NUL is ignored
-
-
-def test_it_drops_one_byte_order_mark_even_split_across_reads() -> None:
-    body = "\ufeffdata: first\n\ndata: second\n\n".encode()
-    assert decode([body]) == [("message", "first"), ("message", "second")]
-    assert decode([body[:1], body[1:2], body[2:]]) == [("message", "first"), ("message", "second")]
-    # Only one: a second is part of the field name, and that line is ignored.
-    assert decode(["\ufeff\ufeffdata: x\n\ndata: y\n\n".encode()]) == [("message", "y")]
-
-
-def test_it_takes_a_field_without_a_colon_as_empty() -> None:
-    assert decode([b"data\ndata\n\n"]) == [("message", "\n")]
-
-
-def test_it_keeps_undecodable_bytes_as_replacement_characters() -> None:
-    assert decode([b"data: \xff\xfe ok\n\n"]) == [("message", "\ufffd\ufffd ok")]
-
-
-# ---------------------------------------------------------------------------
-# The chat dialect on top of it, against the loopback server
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
@@ -180,6 +36,22 @@ def server(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
     fake_upstream_server.reset()
 
 
+async def collect(
+    server: FakeUpstream, reply: Reply, style: str = "chat_completions"
+) -> tuple[Answer, list[Delta], Exception | None]:
+    """Stream `reply` through Upstream: the answer, the deltas relayed, and the failure."""
+    server.queue(reply)
+    answer, deltas, failure = Answer(), [], None
+    async with httpx.AsyncClient() as client:
+        upstream = Upstream(server.base_url, "key", style, client=client, max_retries=0)
+        try:
+            async for delta in upstream.stream(answer, "grok-test", MESSAGES):
+                deltas.append(delta)
+        except Exception as exc:
+            failure = exc
+    return answer, deltas, failure
+
+
 async def chat(server: FakeUpstream, body: bytes, style: str = "chat_completions") -> Answer:
     answer, _, failure = await collect(server, Reply(body=body, pieces="random"), style)
     if failure is not None:
@@ -187,26 +59,383 @@ async def chat(server: FakeUpstream, body: bytes, style: str = "chat_completions
     return answer
 
 
-async def collect(
-    server: FakeUpstream, reply: Reply, style: str = "chat_completions"
-) -> tuple[Answer, list[str], Exception | None]:
-    """Stream `reply` through Upstream: the answer, each delta's text, and the failure."""
-    server.queue(reply)
-    answer, deltas, failure = Answer(), [], None
-    async with httpx.AsyncClient() as client:
-        upstream = Upstream(server.base_url, "key", style, client=client, max_retries=0)
-        try:
-            async for delta in upstream.stream(
-                answer, "grok-test", [{"role": "user", "content": "hi"}]
-            ):
-                deltas.append(delta.content)
-        except Exception as exc:
-            failure = exc
-    return answer, deltas, failure
-
-
 def data_line(obj: object) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def split(body: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c for c in cuts if 0 < c < len(body)})
+    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+
+
+def sha16(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Every recorded transcript, as SOURCES.md describes it
+
+CODE_FAST_REASONING = (
+    'First, the user asked: "Say hi in Portuguese."\n\n\n## Handling the Request  \n'
+    "- The user asked for a greeting in Portuguese."
+)
+CODE_FAST_TEXT = (
+    'Oi! (That\'s "hi" in Portuguese, informal and common in Brazil.) '
+    'If you want something more formal, it\'s "Olá."'
+)
+GPT4O_TEXT = (
+    "Coca-Cola is a globally recognized beverage company best known for its flagship "
+    "product, Coca-Cola, a carbonated soft drink"
+)
+SONNET_TEXT = (
+    'Olá! (That\'s "hi" in Portuguese)\n\n'
+    'You could also say "Oi!" which is a more casual way to say hi in Portuguese.'
+)
+
+# text / reasoning: either the full string, or a dict with sha (first 16 hex), len,
+# start and end as far as SOURCES.md gives them. Reasoning that SOURCES.md does not list is
+# expected empty. usage: only the fields SOURCES.md gives; None means "no usage anywhere".
+TRANSCRIPTS: dict[str, dict[str, Any]] = {
+    "mlai-grok-beta-1.sse": {
+        "text": {
+            "sha": "90352a2135b08e1d",
+            "len": 363,
+            "start": "Ah, the ultimate question! According to Douglas Adams'",
+            "end": "the quest for understanding the question continues!",
+        },
+        "finish": "stop",
+        "usage": {"prompt_tokens": 41, "completion_tokens": 80, "total_tokens": 121},
+    },
+    "mlai-grok-beta-2.sse": {
+        "text": {
+            "sha": "ad53247cb2d64cb1",
+            "len": 889,
+            "start": "Coca-Cola is a carbonated soft drink invented in 1886",
+            "end": "Vanilla Coke, and many others tailored",
+        },
+        "finish": "length",
+        "usage": {"prompt_tokens": 38, "completion_tokens": 200, "total_tokens": 238},
+    },
+    "fantasy-xai-grok-4-fast-1.sse": {
+        "text": "Olá!",
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 126,
+            "cached_prompt_tokens": 125,
+            "completion_tokens": 2,
+            "reasoning_tokens": 122,
+            "total_tokens": 250,
+        },
+    },
+    "fantasy-xai-grok-4-fast-2.sse": {
+        "text": "Olá!",
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 165,
+            "cached_prompt_tokens": 164,
+            "completion_tokens": 2,
+            "reasoning_tokens": 129,
+            "total_tokens": 296,
+            "cost_in_usd_ticks": 739000,
+        },
+        "raw": {"num_sources_used": 0},
+    },
+    "fantasy-xai-grok-code-fast-1.sse": {
+        "reasoning": CODE_FAST_REASONING,
+        "reasoning_sha": {"sha": "9319524169948175", "len": 121},
+        "text": CODE_FAST_TEXT,
+        "text_len": 110,
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 213,
+            "cached_prompt_tokens": 192,
+            "completion_tokens": 27,
+            "reasoning_tokens": 133,
+            "total_tokens": 373,
+        },
+    },
+    "fantasy-xai-grok-3-mini-1.sse": {
+        "reasoning": {
+            "sha": "47c4b37c396d6489",
+            "len": 1316,
+            "start": 'First, the user asked: "What\'s the weather in Florence, Italy?"',
+        },
+        "text": "The weather in Florence, Italy is 40°C.",
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 331,
+            "cached_prompt_tokens": 330,
+            "completion_tokens": 11,
+            "reasoning_tokens": 271,
+            "total_tokens": 613,
+            "cost_in_usd_ticks": 1660500,
+        },
+    },
+    "fantasy-xai-grok-4-fast-tool-1.sse": {
+        "text": "",
+        "tool_calls": {
+            0: {"id": "call_55070233", "name": "add", "arguments": '{"a":2,"b":3}'},
+            1: {"id": "call_12016531", "name": "multiply", "arguments": '{"a":2,"b":3}'},
+        },
+        "finish": "tool_calls",
+        "usage": {
+            "prompt_tokens": 432,
+            "cached_prompt_tokens": 153,
+            "completion_tokens": 68,
+            "reasoning_tokens": 136,
+            "total_tokens": 636,
+            "cost_in_usd_ticks": 1654500,
+        },
+    },
+    "fantasy-openrouter-grok-1.sse": {
+        "reasoning": {"sha": "25e7f48412248030", "len": 203},
+        "text": "Oi!",
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 165,
+            "completion_tokens": 167,
+            "reasoning_tokens": 165,
+            "total_tokens": 332,
+        },
+        "raw": {"cost": 0.0000919},
+    },
+    "fantasy-openai-gpt-4o-mini-1.sse": {
+        "text": "Olá!",
+        "finish": "stop",
+        "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
+    },
+    "fantasy-openai-gpt-4o-tool-1.sse": {
+        "text": "",
+        "tool_calls": {
+            0: {
+                "id": "call_7kE4IjtnwXcGbX6hDM7xFu8T",
+                "name": "weather",
+                "arguments": '{"location":"Florence, Italy"}',
+            },
+        },
+        "finish": "tool_calls",
+        "usage": {"prompt_tokens": 61, "completion_tokens": 16, "total_tokens": 77},
+    },
+    "mlai-openai-gpt-4o-1.sse": {
+        "text": GPT4O_TEXT,
+        "text_len": 123,
+        "finish": "stop",
+        "usage": None,
+    },
+    "fantasy-anthropic-claude-sonnet-4-1.sse": {
+        "style": "anthropic_messages",
+        "text": SONNET_TEXT,
+        "text_len": 110,
+        "finish": "end_turn",
+        "usage": {"prompt_tokens": 16, "completion_tokens": 38, "cached_prompt_tokens": 0},
+    },
+    "fantasy-anthropic-claude-sonnet-4-thinking-1.sse": {
+        "style": "anthropic_messages",
+        "reasoning": {
+            "sha": "b15bb961098f5123",
+            "len": 301,
+            "start": "The user is asking for weather information for Florence, Italy.",
+        },
+        "text": "",
+        # SOURCES.md: content block index 1 is the tool_use block.
+        "tool_calls": {
+            1: {
+                "id": "toolu_01Js4AMfx5qpTLhwTusnvT68",
+                "name": "weather",
+                "arguments": '{"location": "Florence, Italy"}',
+            },
+        },
+        "finish": "tool_use",
+        "usage": {"prompt_tokens": 424, "completion_tokens": 119},
+    },
+    "mlai-anthropic-claude-3-5-sonnet-1.sse": {
+        "style": "anthropic_messages",
+        "text": {
+            "sha": "f82c23df7d947450",
+            "len": 1007,
+            "start": "Coca-Cola is one of the world's most famous and popular beverage brands",
+            "end": "making it one of the most recognized brands in the world.",
+        },
+        "finish": "end_turn",
+        # input 36 from message_start; message_delta carried only output_tokens 265.
+        "usage": {"prompt_tokens": 36, "completion_tokens": 265},
+    },
+    "vercel-xai-responses-reasoning-1.sse": {
+        "style": "responses",
+        "reasoning": {
+            "sha": "88bee32a92a85ee3",
+            "len": 766,
+            "start": 'First, the question is: "What is specifi',
+        },
+        "text": {
+            "sha": "2a7a28eb233e9174",
+            "len": 2849,
+            "start": "### Overview of Sonoran Cuisine",
+            "end": "ke food trucks in Tucson or markets in Hermosillo.",
+        },
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 216,
+            "cached_prompt_tokens": 192,
+            "completion_tokens": 923,
+            "reasoning_tokens": 323,
+            "total_tokens": 1139,
+        },
+        "raw": {"num_sources_used": 0, "num_server_side_tools_used": 0},
+    },
+    "vercel-xai-responses-reasoning-encrypted-1.sse": {
+        "style": "responses",
+        "reasoning": {"sha": "9a3bf7461267a1f1", "len": 754},
+        "text": {
+            "sha": "5d8c257390c6c871",
+            "len": 2786,
+            "end": "desert's bounty for authentic, approachable meals.",
+        },
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 216,
+            "cached_prompt_tokens": 192,
+            "completion_tokens": 831,
+            "reasoning_tokens": 253,
+            "total_tokens": 1047,
+        },
+    },
+    "vercel-xai-responses-web-search-1.sse": {
+        "style": "responses",
+        "text": {
+            "sha": "aaedcde3798be165",
+            "len": 1228,
+            "start": "xAI is an American artificial intelligence company",
+            "end": " more details! For the latest updates, check x.ai.",
+        },
+        "finish": "stop",
+        "usage": {
+            "prompt_tokens": 1875,
+            "cached_prompt_tokens": 1578,
+            "completion_tokens": 695,
+            "reasoning_tokens": 397,
+            "total_tokens": 2570,
+        },
+        "raw": {"num_server_side_tools_used": 1},
+    },
+}
+
+
+def test_it_has_an_expectation_for_every_recorded_transcript() -> None:
+    assert sorted(p.name for p in FOLDER.glob("*.sse")) == sorted(TRANSCRIPTS)
+
+
+def check_string(actual: str, expected: str | dict[str, Any]) -> None:
+    if isinstance(expected, str):
+        assert actual == expected
+        return
+    assert sha16(actual) == expected["sha"], actual
+    assert len(actual) == expected["len"]
+    assert actual.startswith(expected.get("start", ""))
+    assert actual.endswith(expected.get("end", ""))
+
+
+def check_transcript(answer: Answer, deltas: list[Delta], expected: dict[str, Any]) -> None:
+    check_string(answer.content, expected["text"])
+    check_string(answer.reasoning, expected.get("reasoning", ""))
+    if "text_len" in expected:
+        assert len(answer.content) == expected["text_len"]
+    if "reasoning_sha" in expected:
+        check_string(answer.reasoning, expected["reasoning_sha"])
+    # What was relayed is exactly what the Answer holds.
+    assert "".join(d.content for d in deltas) == answer.content
+    assert "".join(d.reasoning for d in deltas) == answer.reasoning
+    assert answer.finish_reason == expected["finish"]
+    assert answer.tool_calls == expected.get("tool_calls", {})
+    if expected["usage"] is None:
+        assert answer.usage is None
+    else:
+        assert answer.usage is not None
+        for key, value in expected["usage"].items():
+            assert getattr(answer.usage, key) == value, key
+        for key, value in expected.get("raw", {}).items():
+            assert answer.usage.raw[key] == value, key
+
+
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(eol=st.sampled_from(["\n", "\r", "\r\n"]), data=st.data())
+def test_it_reads_every_recorded_transcript_in_any_pieces_with_any_line_end(
+    server: FakeUpstream, name: str, eol: str, data: st.DataObject
+) -> None:
+    expected = TRANSCRIPTS[name]
+    body = transcript(name).replace(b"\n", eol.encode())
+    cuts = data.draw(st.lists(st.integers(1, len(body) - 1), max_size=80), label="cuts")
+    reply = Reply(pieces=split(body, cuts))
+    answer, deltas, failure = asyncio.run(
+        collect(server, reply, expected.get("style", "chat_completions"))
+    )
+    assert failure is None, failure
+    check_transcript(answer, deltas, expected)
+
+
+# ---------------------------------------------------------------------------
+# Characters across reads and inside data
+
+# Line breaks to Python's splitlines() but not to SSE, and multi-byte characters.
+SPECIAL = ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+SPECIAL += ["á", "°", "€", "😀", "\ufeff", ":", " ", "data: x", "[DONE]"]
+texts = st.lists(
+    st.one_of(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=8), st.sampled_from(SPECIAL)
+    ),
+    min_size=1,
+    max_size=6,
+).map("".join)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(words=st.lists(texts, min_size=1, max_size=4), data=st.data())
+def test_it_splits_crlf_and_multibyte_characters_across_reads(
+    server: FakeUpstream, words: list[str], data: st.DataObject
+) -> None:
+    events = [json.dumps(chunk(w), ensure_ascii=False) for w in words]
+    body = "".join(f"data: {e}\r\n\r\n" for e in events).encode() + b"data: [DONE]\r\n\r\n"
+    # Cut between every CR and LF and inside every multi-byte character, plus a few more.
+    cuts = [i + 1 for i, byte in enumerate(body) if byte == 0x0D or byte >= 0x80]
+    cuts += data.draw(st.lists(st.integers(0, len(body)), max_size=10), label="extra")
+    answer, deltas, failure = asyncio.run(collect(server, Reply(pieces=split(body, cuts))))
+    assert failure is None, failure
+    assert answer.content == "".join(d.content for d in deltas) == "".join(words)
+
+
+async def test_it_reads_a_stream_one_byte_at_a_time(server: FakeUpstream) -> None:
+    body = data_line(chunk("Olá, 😀 € °")) + data_line(chunk("!", finish="stop"))
+    body += b"data: [DONE]\n\n"
+    answer, _, failure = await collect(server, Reply(pieces=split(body, list(range(len(body))))))
+    assert failure is None
+    assert answer.content == "Olá, 😀 € °!"
+
+
+async def test_it_keeps_line_separators_inside_json_strings(server: FakeUpstream) -> None:
+    text = "a\u2028b\u2029c\u0085d\x0be\x0cf\r\ng"
+    body = "data: " + json.dumps(chunk(text), ensure_ascii=False) + "\n\ndata: [DONE]\n\n"
+    assert "\u2028" in body and "\u0085" in body  # raw in the stream, not escaped
+    answer = await chat(server, body.encode())
+    assert answer.content == text
+
+
+async def test_it_keeps_undecodable_bytes_as_replacement_characters(server: FakeUpstream) -> None:
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"\xff\xfe ok"}}]}\n\n'
+    answer = await chat(server, body + b"data: [DONE]\n\n")
+    assert answer.content == "\ufffd\ufffd ok"
+
+
+# ---------------------------------------------------------------------------
+# The dialects' quirks
 
 
 @pytest.mark.parametrize("style", ["chat_completions", "responses", "anthropic_messages"])
@@ -242,7 +471,12 @@ async def test_it_stops_reading_at_done(server: FakeUpstream) -> None:
     assert answer.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("ending", [b"", b"\n", b": bye\n\n"], ids=["bare", "eol", "comment"])
+# An unfinished last event (no blank line after it) is dropped, as the SSE standard says.
+@pytest.mark.parametrize(
+    "ending",
+    [b"", b"\n", b": bye\n\n", b'data: {"choices":[{"index":0,"delta":{"content":" lost"}}]}\n'],
+    ids=["bare", "eol", "comment", "unfinished"],
+)
 async def test_it_ends_cleanly_at_eof_without_done(server: FakeUpstream, ending: bytes) -> None:
     body = data_line(chunk("Olá")) + data_line(chunk("!", finish="stop")) + ending
     answer = await chat(server, body)
@@ -250,20 +484,13 @@ async def test_it_ends_cleanly_at_eof_without_done(server: FakeUpstream, ending:
     assert answer.finish_reason == "stop"
 
 
-async def test_it_keeps_line_separators_inside_json_strings(server: FakeUpstream) -> None:
-    text = "a\u2028b\u2029c\u0085d\x0be\x0cf\r\ng"
-    body = "data: " + json.dumps(chunk(text), ensure_ascii=False) + "\n\ndata: [DONE]\n\n"
-    answer = await chat(server, body.encode())
-    assert answer.content == text
-
-
-async def test_it_relays_the_events_of_one_read_as_one_delta_in_order(server: FakeUpstream) -> None:
+async def test_it_relays_the_events_of_one_read_in_order(server: FakeUpstream) -> None:
     words = [f"w{i} " for i in range(500)]
     body = b"".join(data_line(chunk(w)) for w in words) + b"data: [DONE]\n\n"
     answer, deltas, failure = await collect(server, Reply(body=body, pieces=[body]))
     assert failure is None
-    assert "".join(deltas) == answer.content == "".join(words)
-    assert len(deltas) < len(words)  # joined, since they came in far fewer reads
+    assert [d.content for d in deltas] == words
+    assert answer.content == "".join(words)
 
 
 async def test_it_keeps_the_text_before_an_error_event_in_the_same_read(
@@ -276,7 +503,7 @@ async def test_it_keeps_the_text_before_an_error_event_in_the_same_read(
         + data_line(chunk(" never shown"))
     )
     answer, deltas, failure = await collect(server, Reply(body=body, pieces=[body]))
-    assert deltas == ["Half an answer"]
+    assert [d.content for d in deltas] == ["Half an ", "answer"]
     assert answer.content == "Half an answer"
     assert "the model crashed" in str(failure)
 
@@ -298,8 +525,6 @@ async def test_it_reads_json_that_orjson_refuses_as_pythons_json_does(
 async def test_it_asks_for_an_uncompressed_stream_and_still_reads_a_compressed_one(
     server: FakeUpstream,
 ) -> None:
-    import zlib
-
     body = data_line(chunk("Olá")) + data_line(chunk("!", finish="stop")) + b"data: [DONE]\n\n"
     packer = zlib.compressobj(wbits=31)  # gzip
     packed = packer.compress(body) + packer.flush()
@@ -307,5 +532,5 @@ async def test_it_asks_for_an_uncompressed_stream_and_still_reads_a_compressed_o
     reply = Reply(pieces=pieces, headers={"Content-Encoding": "gzip"})
     answer, deltas, failure = await collect(server, reply)
     assert failure is None
-    assert answer.content == "".join(deltas) == "Olá!"
+    assert answer.content == "".join(d.content for d in deltas) == "Olá!"
     assert server.stream_requests()[0].headers["accept-encoding"] == "identity"
