@@ -239,8 +239,10 @@ class UsageDayAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         export = request.GET.get("format") == "csv"
         if "format" in request.GET:  # not a filter: the changelist would refuse it
-            request.GET = request.GET.copy()  # type: ignore[assignment]
-            del request.GET["format"]
+            filters = request.GET.copy()
+            del filters["format"]
+            # (django-stubs types request.GET as immutable; Django itself allows a copy.)
+            request.GET = filters  # type: ignore[assignment]
         response = super().changelist_view(request, extra_context)
         if not isinstance(response, TemplateResponse):  # a redirect (?e=1)
             return response

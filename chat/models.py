@@ -168,7 +168,7 @@ class Message(models.Model):
             return None
         prompt = [turn["content"] for turn in self.conversation.history(before=self.pk)]
         usage = {
-            **Usage.estimated(prompt, self.content, self.reasoning),
+            **Usage.estimated_fields(prompt, self.content, self.reasoning),
             "requested_model": self.model,
         }
         return self.finish(
@@ -332,7 +332,9 @@ class Usage(models.Model):
         return f"{self.user_id} {self.model} {self.total_tokens}"
 
     @classmethod
-    def estimated(cls, prompt_texts: list[str], content: str, reasoning: str) -> dict[str, Any]:
+    def estimated_fields(
+        cls, prompt_texts: list[str], content: str, reasoning: str
+    ) -> dict[str, Any]:
         """The ledger fields of a stream that ended before its usage report."""
         return {
             **billing.estimate_usage(prompt_texts, content, reasoning),
@@ -359,11 +361,14 @@ class Usage(models.Model):
         return {name: getattr(self, name) for name in billing.TOKEN_FIELDS}
 
     def price(self) -> billing.Price | None:
-        if None in (self.price_prompt, self.price_cached_prompt, self.price_completion):
-            return None
-        return billing.Price(
-            self.price_prompt, self.price_cached_prompt, self.price_completion, self.price_reasoning
+        prompt, cached, completion = (
+            self.price_prompt,
+            self.price_cached_prompt,
+            self.price_completion,
         )
+        if prompt is None or cached is None or completion is None:
+            return None
+        return billing.Price(prompt, cached, completion, self.price_reasoning)
 
     def price_and_cost(self) -> None:
         """Fill in the price (unless already fixed at request time) and the cost."""

@@ -530,11 +530,12 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
 def my_usage(request: HttpRequest) -> HttpResponse:
     """The signed-in user's own usage this budget period (this month without a budget)."""
     user = request.user
+    assert user.is_authenticated  # login_required
     budget = Budget.objects.for_user(user)
     kind = budget.period if budget is not None else Budget.Period.MONTH
     start = billing.period_start(kind, timezone.localtime()).date()
     period = Period(start, timezone.localdate())
-    mine = UsageDay.objects.filter(user_id=user.pk, day__gte=start)
+    mine = UsageDay.objects.filter(user=user, day__gte=start)
     totals = mine.sums()
     status = budget.status(totals) if budget is not None else None
     estimated, unpriced = totals["estimated"], totals["unpriced"]

@@ -389,4 +389,4 @@ def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
         return {field: 0 for field in TOKEN_FIELDS} | {"source": Usage.Source.NONE}
     # The stream ended before its usage report: the prompt as sent and the partial answer.
     prompt = [turn["content"] for turn in history]
-    return Usage.estimated(prompt, answer.content, answer.reasoning)
+    return Usage.estimated_fields(prompt, answer.content, answer.reasoning)

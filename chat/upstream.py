@@ -297,7 +297,8 @@ def apply_chat_chunk(answer: Answer, chunk: dict[str, Any]) -> Delta | None:
         # xAI's overview page once showed `message` where streams send `delta`.
         part = choice.get("delta")
         if not isinstance(part, dict):
-            part = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+            message = choice.get("message")
+            part = message if isinstance(message, dict) else {}
         content = part.get("content")
         if isinstance(content, str):
             delta.content += content
