@@ -42,8 +42,21 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ("conversation",)
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """The ledger and its daily totals are written by answers only, never by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Usage)
-class UsageAdmin(admin.ModelAdmin):
+class UsageAdmin(ReadOnlyAdmin):
     """The ledger is read-only: rows are written once, with their day totals."""
 
     list_display = (
@@ -68,15 +81,6 @@ class UsageAdmin(admin.ModelAdmin):
     @admin.display(description="cost (USD)")
     def cost_usd(self, obj: Usage):
         return obj.cost_usd
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Usage | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Usage | None = None) -> bool:
-        return False
 
 
 @admin.register(ModelPrice)
@@ -170,7 +174,7 @@ class RecentFilter(admin.SimpleListFilter):
 
 
 @admin.register(UsageDay)
-class UsageDayAdmin(admin.ModelAdmin):
+class UsageDayAdmin(ReadOnlyAdmin):
     """The usage report (/admin/usage/): the daily totals per user, model and day, filtered,
     sorted and paged by the changelist, with totals, a chart, a CSV of exactly the filtered
     rows and the budget watch around it (templates/admin/chat/usageday/change_list.html)."""
@@ -205,15 +209,6 @@ class UsageDayAdmin(admin.ModelAdmin):
     @admin.display(description="Cost (USD)", ordering="cost_in_usd_ticks")
     def cost(self, obj: UsageDay) -> str:
         return reports.usd(obj.cost_in_usd_ticks)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
-        return False
 
     @staticmethod
     def period(request: HttpRequest, changelist: Any) -> reports.Period | None:

@@ -153,13 +153,7 @@ def chat_delta(
 
 def chat_snapshot(message_id: int, conversation_id: int, content: str, reasoning: str) -> Frame:
     """An answer's whole text so far, for the socket that asked (becomes a `snapshot`)."""
-    return {
-        "type": "chat.snapshot",
-        "message_id": message_id,
-        "conversation_id": conversation_id,
-        "content": content,
-        "reasoning": reasoning,
-    }
+    return {**snapshot(message_id, conversation_id, content, reasoning), "type": "chat.snapshot"}
 
 
 def chat_end(frame: Frame, origin: str | None) -> Frame:

@@ -22,7 +22,7 @@ import httpx
 import orjson
 from httpx_sse import EventSource, ServerSentEvent
 
-from chat.billing import Price, price_from_language_model
+from chat.billing import TOKEN_FIELDS, Price, price_from_language_model
 
 logger = logging.getLogger(__name__)
 
@@ -47,29 +47,23 @@ class Usage:
 
     @classmethod
     def from_openai(cls, raw: dict[str, Any]) -> Usage:
-        prompt_details = raw.get("prompt_tokens_details") or {}
-        completion_details = raw.get("completion_tokens_details") or {}
-        cost = raw.get("cost_in_usd_ticks")
-        return cls(
-            prompt_tokens=_int(raw.get("prompt_tokens")),
-            cached_prompt_tokens=_int(prompt_details.get("cached_tokens")),
-            completion_tokens=_int(raw.get("completion_tokens")),
-            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
-            total_tokens=_int(raw.get("total_tokens")),
-            cost_in_usd_ticks=cost if isinstance(cost, int) else None,
-            raw=raw,
-        )
+        return cls._from(raw, "prompt_tokens", "completion_tokens")
 
     @classmethod
     def from_responses(cls, raw: dict[str, Any]) -> Usage:
-        input_details = raw.get("input_tokens_details") or {}
-        output_details = raw.get("output_tokens_details") or {}
+        return cls._from(raw, "input_tokens", "output_tokens")
+
+    @classmethod
+    def _from(cls, raw: dict[str, Any], prompt_key: str, completion_key: str) -> Usage:
+        """Chat Completions and Responses differ only in the names of the two counts."""
+        prompt_details = raw.get(f"{prompt_key}_details") or {}
+        completion_details = raw.get(f"{completion_key}_details") or {}
         cost = raw.get("cost_in_usd_ticks")
         return cls(
-            prompt_tokens=_int(raw.get("input_tokens")),
-            cached_prompt_tokens=_int(input_details.get("cached_tokens")),
-            completion_tokens=_int(raw.get("output_tokens")),
-            reasoning_tokens=_int(output_details.get("reasoning_tokens")),
+            prompt_tokens=_int(raw.get(prompt_key)),
+            cached_prompt_tokens=_int(prompt_details.get("cached_tokens")),
+            completion_tokens=_int(raw.get(completion_key)),
+            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
             total_tokens=_int(raw.get("total_tokens")),
             cost_in_usd_ticks=cost if isinstance(cost, int) else None,
             raw=raw,
@@ -92,8 +86,6 @@ class Usage:
         )
 
     def as_dict(self) -> dict[str, int]:
-        from chat.billing import TOKEN_FIELDS  # local: the rest of this module is rewritten apart
-
         return {name: getattr(self, name) for name in TOKEN_FIELDS}
 
 
