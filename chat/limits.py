@@ -1,4 +1,9 @@
-"""Per-user limits checked before any upstream request: budget, message rate, streams."""
+"""Per-user limits checked before any upstream request: budget, message rate, streams.
+
+Hand-written rather than a rate-limit library (django-ratelimit and the like count hits in
+a cache): these limits are counts and sums over our own ledger, read in the send's own
+transaction, so every process sees the same numbers and two sends can't both pass.
+"""
 
 from __future__ import annotations
 

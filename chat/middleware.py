@@ -1,3 +1,5 @@
+"""Our one middleware of our own: no library logs which user was refused which page."""
+
 import logging
 from collections.abc import Callable
 
