@@ -64,7 +64,8 @@ def usd(ticks: int | None) -> str:
     if ticks is None:
         return ""
     value = billing.ticks_to_usd(ticks).normalize()
-    if value.as_tuple().exponent > -4:  # type: ignore[operator]
+    exponent = value.as_tuple().exponent  # a str only for NaN and infinity
+    if isinstance(exponent, int) and exponent > -4:
         value = value.quantize(Decimal("0.0001"))
     return f"{value:f}"
 
