@@ -222,16 +222,20 @@ def parse_retry_after(value: str | None) -> float | None:
 # Dialects: one per API style. Each builds the request and reads its events.
 
 
-def _data(event: ServerSentEvent) -> Any:
+def _object(event: ServerSentEvent) -> dict[str, Any] | None:
+    """The event's JSON object, None for anything else; StreamEnd at OpenAI's `[DONE]`."""
     data = event.data
+    if data.startswith("[DONE]"):
+        raise StreamEnd
     if not data or data.isspace():  # (strip() would copy every chunk's text)
         return None
     try:
-        return _loads(data)
+        obj = _loads(data)
     except ValueError:
         # Not its text: it could hold anything the upstream echoed, the key included.
         logger.warning("upstream sent an event that is not JSON (%d characters)", len(data))
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _loads(data: str) -> Any:
@@ -263,10 +267,8 @@ class ChatCompletions:
         }
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
-        if event.data.startswith("[DONE]"):
-            raise StreamEnd
-        obj = _data(event)
-        if not isinstance(obj, dict):
+        obj = _object(event)
+        if obj is None:
             return None
         _raise_if_error(obj)
         return apply_chat_chunk(answer, obj)
@@ -328,10 +330,8 @@ class Responses:
         return {"model": model, "input": messages, "stream": True, "store": False}
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
-        if event.data.startswith("[DONE]"):
-            raise StreamEnd
-        obj = _data(event)
-        if not isinstance(obj, dict):
+        obj = _object(event)
+        if obj is None:
             return None
         kind = obj.get("type") or event.event
         if kind == "error" or (kind is None and "error" in obj):
@@ -377,8 +377,8 @@ class AnthropicMessages:
         return body
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
-        obj = _data(event)
-        if not isinstance(obj, dict):
+        obj = _object(event)
+        if obj is None:
             return None
         kind = obj.get("type") or event.event
         if kind == "error":
