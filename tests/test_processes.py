@@ -49,7 +49,7 @@ def two_processes(
         yield [a, b]
 
 
-async def _frames_until(ws, kind: str, timeout: float = 10) -> tuple[dict, list[dict]]:
+async def _frames_until(ws, kind: str, timeout: float = 60) -> tuple[dict, list[dict]]:
     seen = []
     async with asyncio.timeout(timeout):
         while True:

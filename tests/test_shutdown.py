@@ -57,7 +57,10 @@ async def test_sigterm_saves_the_partial_answer_as_interrupted_and_tells_the_bro
     fake_upstream_server.queue(slow_stream(count=400, delay=0.02, text="tick "))
     with daphne_process(env, tmp_path / "daphne.log") as (url, process):
         ws, start = await _start_answer(url, session_cookie(url, "alice", "alice-password-1"))
-        await asyncio.sleep(0.3)
+        text = ""
+        while text.count("tick") < 2:  # some of the answer has been said, however slow
+            delta, _ = await _frames_until(ws, "delta")
+            text += delta["content"]
         process.send_signal(signal.SIGTERM)
         end, _ = await _frames_until(ws, "message.end", timeout=15)
         assert end["state"] == "interrupted"
