@@ -39,6 +39,14 @@ def fake_upstream_server() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
+def server(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The loopback upstream alone, for tests of chat.upstream without Django's settings."""
+    fake_upstream_server.reset()
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
+@pytest.fixture
 def upstream(fake_upstream_server: FakeUpstream, settings) -> Iterator[FakeUpstream]:
     fake_upstream_server.reset()
     settings.XAI_BASE_URL = fake_upstream_server.base_url

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,13 +26,6 @@ from tests.fake_upstream import TRANSCRIPTS as FOLDER
 from tests.fake_upstream import FakeUpstream, Reply, chunk, transcript
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def server(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
-    fake_upstream_server.reset()
-    yield fake_upstream_server
-    fake_upstream_server.reset()
 
 
 async def collect(

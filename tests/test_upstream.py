@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -26,13 +26,6 @@ MESSAGES = [{"role": "user", "content": "Say hi in Portuguese"}]
 
 # ---------------------------------------------------------------------------
 # Fixtures and helpers
-
-
-@pytest.fixture
-def server(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
-    fake_upstream_server.reset()
-    yield fake_upstream_server
-    fake_upstream_server.reset()
 
 
 def app_like_client() -> httpx.AsyncClient:
