@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -25,6 +24,7 @@ from django.views.decorators.http import require_POST
 
 from chat.catalog import models_offered
 from chat.models import Conversation, Message
+from chat.streams import channel_layer
 
 logger = logging.getLogger(__name__)
 SIDEBAR_LIMIT = 200
@@ -211,9 +211,7 @@ def _database_answers() -> bool:
 async def _channel_layer_answers(timeout: float = 2.0) -> bool:
     """A message sent to a fresh channel of the layer comes back."""
     try:
-        layer = get_channel_layer()
-        if layer is None:
-            raise LookupError("no channel layer is configured")
+        layer = channel_layer()
         channel = await layer.new_channel()
         async with asyncio.timeout(timeout):
             await layer.send(channel, {"type": "health.check"})
