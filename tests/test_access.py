@@ -83,9 +83,7 @@ async def test_deactivating_a_user_closes_their_open_socket(alice, bob):
     await _ping(others)  # bob is not concerned
 
 
-async def test_an_admin_deactivating_a_user_in_the_change_form_closes_their_socket(
-    alice, staff
-):
+async def test_an_admin_deactivating_a_user_in_the_change_form_closes_their_socket(alice, staff):
     socket = await _logged_in_socket(alice)
     await _ping(socket)
     admin = AsyncClient()
@@ -148,3 +146,24 @@ async def test_a_send_after_a_change_that_bypasses_save_is_refused_and_not_bille
     await _closed_as_logged_out(socket)
     assert await _saved() == before
     assert upstream.stream_requests() == []
+
+
+async def test_changing_ones_own_password_closes_the_sockets_of_ones_other_sessions(staff):
+    elsewhere = await _logged_in_socket(staff)  # another browser
+    await _ping(elsewhere)
+    here = AsyncClient()
+    await here.aforce_login(staff)
+
+    response = await here.post(
+        "/admin/password_change/",
+        {
+            "old_password": "staff-password-1",
+            "new_password1": "a-new-password-2",
+            "new_password2": "a-new-password-2",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+
+    await _closed_as_logged_out(elsewhere)
+    # The session that changed it stays logged in (update_session_auth_hash).
+    assert (await here.get("/admin/")).status_code == 200
