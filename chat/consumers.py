@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import user_logged_out
+from django.contrib.auth import get_user_model, user_logged_out
+from django.db import transaction
+from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
 from chat import frames
@@ -40,6 +43,42 @@ def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
         async_to_sync(channel_layer().group_send)(session_group(key), frames.session_ended())
 
 
+def user_group(user_id: int) -> str:
+    return f"user_{user_id}"
+
+
+@receiver(pre_save, sender=settings.AUTH_USER_MODEL)
+def close_the_users_sockets(
+    sender, instance: User, raw: bool, using: str, update_fields, **kwargs
+) -> None:
+    """Deactivating a user or changing their password closes their open sockets, in every
+    process, once the change is committed (each socket checks its session again: a request
+    refused would say the same). Changes that bypass save() meet the check of each request."""
+    if raw or instance.pk is None:
+        return
+    if update_fields is not None and not {"is_active", "password"} & set(update_fields):
+        return  # as every login saves last_login: no query
+    before = (
+        get_user_model()
+        .objects.using(using)
+        .filter(pk=instance.pk)
+        .values_list("is_active", "password")
+        .first()
+    )
+    if before is None:
+        return
+    was_active, password = before
+    if (was_active and not instance.is_active) or password != instance.password:
+        # robust: the save stands if the channel layer is down; requests still check.
+        transaction.on_commit(
+            partial(_tell_the_users_sockets, instance.pk), using=using, robust=True
+        )
+
+
+def _tell_the_users_sockets(user_id: int) -> None:
+    async_to_sync(channel_layer().group_send)(user_group(user_id), frames.access_changed())
+
+
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     # -- lifecycle -------------------------------------------------------------------
 
@@ -59,12 +98,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.session_key: str | None = getattr(session, "session_key", None)
         if self.session_key:
             await self.channel_layer.group_add(session_group(self.session_key), self.channel_name)
+        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         session_key = getattr(self, "session_key", None)
         if session_key:
             await self.channel_layer.group_discard(session_group(session_key), self.channel_name)
+        user = getattr(self, "user", None)
+        if user is not None:
+            await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
         for run in list(RUNNING.values()):
             run.detach(self.channel_name)
         watching = getattr(self, "watching", None)
@@ -292,6 +335,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def session_ended(self, event: dict[str, Any]) -> None:
         await self._end_session()
+
+    async def access_changed(self, event: dict[str, Any]) -> None:
+        try:
+            await database_sync_to_async(check_session)(self.user, self.session_key)
+        except Refused:
+            await self._end_session()
 
     async def chat_end(self, event: dict[str, Any]) -> None:
         if self._visible(event):

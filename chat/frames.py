@@ -178,3 +178,9 @@ def stream_snapshot(reply_to: str, message_id: int | None = None) -> Frame:
 def session_ended() -> Frame:
     """To a session's sockets: it logged out, close."""
     return {"type": "session.ended"}
+
+
+def access_changed() -> Frame:
+    """To a user's sockets: the account was deactivated or its password changed; each
+    checks its session again and closes if it no longer lets the user in."""
+    return {"type": "access.changed"}

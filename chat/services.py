@@ -12,8 +12,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.db import transaction
+from django.utils.crypto import constant_time_compare
 
 from chat import frames
 from chat.billing import Price, fit_history
@@ -51,13 +52,33 @@ class StartedAnswer:
 
 
 def check_session(user: User, session_key: str | None) -> None:
-    """Refuse unless the session a socket was opened with is still logged in as `user`. (A
-    backstop for a logout whose group message was lost: each request checks the store.)"""
+    """Refuse unless `user` is still active and the session a socket was opened with is
+    still logged in as them, with the password they logged in with. (Each request reads
+    the database: a backstop for a group message that was lost, and for changes made
+    without a save, such as a queryset's update().)"""
+    current = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
+    if current is None:
+        raise Refused(frames.LOGGED_OUT_CODE, frames.LOGGED_OUT_MESSAGE)
     if not session_key:
         return  # a socket authenticated without a session (tests)
     # A logged-out or expired session loads as empty.
-    if SessionStore(session_key=session_key).get(SESSION_KEY) != str(user.pk):
+    session = SessionStore(session_key=session_key)
+    if session.get(SESSION_KEY) != str(user.pk) or not _same_password(
+        session.get(HASH_SESSION_KEY), current
+    ):
         raise Refused(frames.LOGGED_OUT_CODE, frames.LOGGED_OUT_MESSAGE)
+
+
+def _same_password(session_hash: str | None, user: User) -> bool:
+    """Whether a session's auth hash is the user's, as django.contrib.auth.get_user() checks
+    it for a page (a password change gives the user a new hash, so it logs out every other
+    session); a hash made with a key of SECRET_KEY_FALLBACKS still counts."""
+    if not session_hash:
+        return False
+    return constant_time_compare(session_hash, user.get_session_auth_hash()) or any(
+        constant_time_compare(session_hash, fallback)
+        for fallback in user.get_session_auth_fallback_hash()
+    )
 
 
 def start_answer(

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import websockets
+from websockets.exceptions import ConnectionClosed
 
 from tests.fake_upstream import FakeUpstream, Reply, chunk, slow_stream, sse
-from tests.live import answer_text, app_env, daphne, postgres_url, prepare_database, session_cookie
+from tests.live import (
+    answer_text,
+    app_env,
+    daphne,
+    manage,
+    postgres_url,
+    prepare_database,
+    session_cookie,
+)
 
 REDIS = ("127.0.0.1", 6379)
 
@@ -44,7 +55,11 @@ def two_processes(
             pytest.skip("POSTGRESQL NOT RUNNING on 127.0.0.1:5432: its cross-process run skipped")
         extra["DATABASE_URL"] = url
     env = app_env(tmp, fake_upstream_server.base_url, **extra)
-    prepare_database(env)
+    prepare_database(env, staff=True)
+    # carol's account is the one a test deactivates.
+    script = "from django.contrib.auth.models import User;"
+    script += "User.objects.create_user('carol', password='carol-password-1')"
+    manage(env, "shell", "-c", script)
     with daphne(env, tmp / "a.log") as a, daphne(env, tmp / "b.log") as b:
         yield [a, b]
 
@@ -130,6 +145,43 @@ async def test_a_tab_on_another_process_gets_every_chunk_in_order(
     group_deltas = len([f for f in relayed if f["type"] == "delta"])
     assert 1 < group_deltas < 2000
     print(f"relayed {group_deltas} group deltas")
+
+
+async def test_deactivating_a_user_in_one_process_closes_their_socket_in_the_other(
+    two_processes: list[str],
+) -> None:
+    a, b = two_processes
+    carol = session_cookie(a, "carol", "carol-password-1")
+    staff = session_cookie(a, "staff", "staff-password-1")
+    async with _connect(b, carol) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        await _frames_until(ws, "pong")
+        # The admin unticks "Active" in carol's change form, served by the other process.
+        await asyncio.to_thread(_deactivate_in_the_admin, a, staff, "carol")
+        frame, _ = await _frames_until(ws, "error")
+        assert frame["code"] == "logged_out"
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(60):  # a guard against a hang, not a deadline
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+def _deactivate_in_the_admin(url: str, cookie: str, username: str) -> None:
+    with httpx.Client(base_url=url) as client:
+        client.cookies.set("sessionid", cookie.removeprefix("sessionid="))
+        found = client.get("/admin/auth/user/", params={"q": username}).text
+        [user_id] = set(re.findall(r"/admin/auth/user/(\d+)/change/", found))
+        page = client.get(f"/admin/auth/user/{user_id}/change/").text
+        token = page.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+        form = {
+            "csrfmiddlewaretoken": token,
+            "username": username,
+            "date_joined_0": "2025-01-01",
+            "date_joined_1": "12:00:00",
+            "_save": "Save",
+        }  # "is_active" left out: an unticked box is not sent
+        response = client.post(f"/admin/auth/user/{user_id}/change/", data=form)
+        assert response.status_code == 302, response.text[:2000]
 
 
 LAYER_BURST = """

@@ -112,6 +112,21 @@ def test_a_session_of_another_user_is_refused(alice, bob, session_of):
     assert refused(alice, session_of(bob)).code == "logged_out"
 
 
+def test_a_session_from_before_a_password_change_is_refused(alice, session_of):
+    key = session_of(alice)
+    alice.set_password("a-new-password-2")
+    alice.save()
+    assert refused(alice, key).code == "logged_out"
+
+
+def test_a_session_signed_with_a_rotated_secret_key_still_counts(alice, session_of, settings):
+    key = session_of(alice)
+    # SECRET_KEY_FALLBACKS keeps sessions made with the old key logged in, pages and sockets.
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-new-secret-key-" + "x" * 40
+    assert ask(alice, key).answer.state == Message.State.STREAMING
+
+
 def test_a_user_over_budget_is_refused_with_nothing_saved(alice, session_of):
     Budget.objects.create(user=alice, period="day", max_tokens=300)
     UsageDay.objects.create(day=timezone.localdate(), user=alice, model="grok-4", total_tokens=300)
