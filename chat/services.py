@@ -111,6 +111,7 @@ def resent_answer(
         key.answer.conversation_id,
     ):
         raise Refused("bad_frame", "That client_id was sent before with another message.")
+    logger.info("user %s sent %s again: answer %s", user.pk, client_id, key.answer.pk)
     return ResentAnswer(key.answer.conversation, key.user_message, key.answer)
 
 
