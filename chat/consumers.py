@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,7 +19,7 @@ from django.dispatch import receiver
 
 from chat import frames
 from chat.models import Conversation, Message
-from chat.services import Refused, check_session, start_answer
+from chat.services import Refused, ResentAnswer, check_session, start_answer
 from chat.streams import RUNNING, AnswerRun, channel_layer, control_group, viewers_group
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 RECENT_ANSWERS = 10
 CLOSE_LOGGED_OUT = 4401
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a UUID fits (docs/protocol.md, `send`)
 
 
 def session_group(session_key: str) -> str:
@@ -177,6 +179,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         model = content.get("model")
         if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 100):
             raise Refused("bad_frame", "The field 'model' must be a model name.")
+        client_id = content.get("client_id")
+        if client_id is not None and not (
+            isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
+        ):
+            raise Refused("bad_frame", "The field 'client_id' must be 1 to 64 of A-Z a-z 0-9 - _.")
         if not settings.XAI_API_KEY:
             raise Refused(
                 "no_api_key",
@@ -184,13 +191,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
         started = await database_sync_to_async(start_answer)(
-            self.user, self.session_key, conversation_id, text, model
+            self.user, self.session_key, conversation_id, text, model, client_id
         )
+        if isinstance(started, ResentAnswer):
+            await self.attach(started, client_id, announce=conversation_id is None)
+            return
         conversation, answer = started.conversation, started.answer
         if started.created:
             await self.send_json(frames.conversation(conversation, answer.model))
         await self.watch(conversation.id, announce=False, owned=True)
-        start = frames.message_start(started.user_message, answer, started.dropped)
+        start = frames.message_start(started.user_message, answer, started.dropped, client_id)
         await self.send_json(start)
         # The upstream request goes out before the other tabs are told (a round trip to
         # Redis in production): it is on the way to the first token, they are not.
@@ -226,6 +236,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(frames.watching(conversation_id, recent))
             # Answers streaming now, here or in another process, reply with chat.snapshot.
             await self._ask_for_snapshot(conversation_id)
+
+    async def attach(self, resent: ResentAnswer, client_id: str | None, announce: bool) -> None:
+        """A `send` retried: show the answer its first try started, streaming or ended."""
+        conversation, answer = resent.conversation, resent.answer
+        if announce:  # the tab asked for a new conversation: this is it
+            await self.send_json(frames.conversation(conversation, answer.model))
+        await self.watch(conversation.id, announce=False, owned=True)
+        await self.send_json(frames.message_start(resent.user_message, answer, 0, client_id))
+        # Read after joining the group: from now on its end reaches this socket anyway.
+        ended = await self._ended_answer(answer.id)
+        if ended is None:
+            await self._ask_for_snapshot(conversation.id, answer.id)
+        else:
+            await self.send_json(
+                frames.snapshot(ended.id, conversation.id, ended.content, ended.reasoning)
+            )
+            await self.send_json(frames.message_end(ended, getattr(ended, "usage", None)))
 
     async def stop(self, message_id: int) -> None:
         conversation_id = await self._streaming_answer_conversation(message_id)
@@ -265,6 +292,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             .order_by("-id")[:RECENT_ANSWERS]
         )
         return [frames.recent_answer(answer) for answer in answers]
+
+    @database_sync_to_async
+    def _ended_answer(self, message_id: int) -> Message | None:
+        rows = Message.objects.exclude(state=Message.State.STREAMING).select_related("usage")
+        return rows.filter(id=message_id).first()
 
     @database_sync_to_async
     def _streaming_answer_conversation(self, message_id: int) -> int | None:

@@ -54,11 +54,14 @@ def snapshot(message_id: int, conversation_id: int, content: str, reasoning: str
     }
 
 
-def message_start(user_message: Message, answer: Message, history_dropped: int) -> Frame:
+def message_start(
+    user_message: Message, answer: Message, history_dropped: int, client_id: str | None = None
+) -> Frame:
     """`message.start`: the answer is about to stream (protocol.md)."""
     return {
         "type": "message.start",
         "conversation_id": answer.conversation_id,
+        "client_id": client_id,
         "user_message": {"id": user_message.id, "role": "user", "content": user_message.content},
         "message": {
             "id": answer.id,

@@ -179,6 +179,48 @@ class Message(models.Model):
         )
 
 
+class SendKey(models.Model):
+    """A `send`'s client_id, kept a day: the same id sent again (a tab that reconnected
+    before it heard message.start) attaches to the answer the first send started instead
+    of starting, and paying for, another (docs/protocol.md, `send`)."""
+
+    KEPT = dt.timedelta(hours=24)
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    client_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    # SET_NULL: a retry after its conversation was deleted must not start another answer.
+    user_message = models.ForeignKey(Message, models.SET_NULL, null=True, related_name="+")
+    answer = models.ForeignKey(Message, models.SET_NULL, null=True, related_name="+")
+
+    class Meta:
+        constraints = [
+            # Two sends of one id racing in two processes: the second insert fails.
+            models.UniqueConstraint(fields=["user", "client_id"], name="send_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.client_id}"
+
+    @classmethod
+    def find(cls, user, client_id: str) -> SendKey | None:
+        """The user's key for `client_id` if it was sent within KEPT, with its answer."""
+        return (
+            cls.objects.filter(
+                user=user, client_id=client_id, created_at__gte=timezone.now() - cls.KEPT
+            )
+            .select_related("user_message", "answer__conversation")
+            .first()
+        )
+
+    @classmethod
+    def remember(cls, user, client_id: str, user_message: Message, answer: Message) -> None:
+        """Keep the key (raises IntegrityError if another send has it), dropping the user's
+        expired keys, this one's old use among them."""
+        cls.objects.filter(user=user, created_at__lt=timezone.now() - cls.KEPT).delete()
+        cls.objects.create(user=user, client_id=client_id, user_message=user_message, answer=answer)
+
+
 class ModelPrice(models.Model):
     """What a model costs per million tokens, as xAI lists it or as an admin set it."""
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils.crypto import constant_time_compare
 
 from chat import frames
 from chat.billing import Price, fit_history
 from chat.limits import refusal_for
-from chat.models import Budget, Conversation, Message, ModelPrice
+from chat.models import Budget, Conversation, Message, ModelPrice, SendKey
 from chat.streams import worker_id
 
 if TYPE_CHECKING:
@@ -49,6 +49,15 @@ class StartedAnswer:
     history: list[dict[str, str]]  # what the model sees, fitted to its context window
     dropped: int  # the oldest turns left out to fit
     price: Price | None  # in force now, when the request is made
+
+
+@dataclass(frozen=True)
+class ResentAnswer:
+    """A `send` whose client_id started an answer already: nothing new was saved."""
+
+    conversation: Conversation
+    user_message: Message
+    answer: Message  # as it was read: streaming, or ended
 
 
 def check_session(user: User, session_key: str | None) -> None:
@@ -87,20 +96,64 @@ def start_answer(
     conversation_id: int | None,
     text: str,
     model: str | None,
-) -> StartedAnswer:
+    client_id: str | None = None,
+) -> StartedAnswer | ResentAnswer:
     """Check the session and the user's limits, then save the message and an empty answer
     and read what the model will see; or raise Refused having saved nothing.
 
     `text` is a valid message and `model` a model name or None (the consumer checks the
     frame's fields). The model is the one asked for, else the conversation's, else
-    CHAT_DEFAULT_MODEL.
+    CHAT_DEFAULT_MODEL. A `client_id` the user sent within SendKey.KEPT gives the answer
+    that send started (ResentAnswer), saving nothing and counting against no limit.
     """
+    try:
+        return _start_answer(user, session_key, conversation_id, text, model, client_id)
+    except IntegrityError:
+        # The same client_id raced in from another thread or process, and won.
+        if client_id is None:
+            raise
+        with transaction.atomic():
+            resent = resent_answer(user, client_id, conversation_id, text)
+        if resent is None:
+            raise
+        return resent
+
+
+def resent_answer(
+    user: User, client_id: str, conversation_id: int | None, text: str
+) -> ResentAnswer | None:
+    key = SendKey.find(user, client_id)
+    if key is None:
+        return None
+    if key.answer is None or key.user_message is None:
+        raise Refused("not_found", "That message's conversation was deleted.")
+    if key.user_message.content != text or conversation_id not in (
+        None,
+        key.answer.conversation_id,
+    ):
+        raise Refused("bad_frame", "That client_id was sent before with another message.")
+    logger.info("user %s sent %s again: answer %s", user.pk, client_id, key.answer.pk)
+    return ResentAnswer(key.answer.conversation, key.user_message, key.answer)
+
+
+def _start_answer(
+    user: User,
+    session_key: str | None,
+    conversation_id: int | None,
+    text: str,
+    model: str | None,
+    client_id: str | None,
+) -> StartedAnswer | ResentAnswer:
     with transaction.atomic():
         check_session(user, session_key)
         budget = Budget.objects.for_user(user)
         if budget is not None:
             # Serialise one user's sends so that two at once can't both pass the limits.
             get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+        # After the lock, which a racing send of this id held until it committed.
+        if client_id and (resent := resent_answer(user, client_id, conversation_id, text)):
+            return resent
+        if budget is not None:
             refusal = refusal_for(user, budget)
             if refusal is not None:
                 logger.info("user %s refused: %s", user.pk, refusal.code)
@@ -119,6 +172,8 @@ def start_answer(
             conversation = found
         model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
         user_message, answer = conversation.start_answer(text, model, worker_id())
+        if client_id:
+            SendKey.remember(user, client_id, user_message, answer)
         price = ModelPrice.price_for(model)
         # A new conversation's history is the message just saved: no need to read it back.
         history = [{"role": "user", "content": text}] if created else conversation.history()

@@ -184,6 +184,31 @@ def _deactivate_in_the_admin(url: str, cookie: str, username: str) -> None:
         assert response.status_code == 302, response.text[:2000]
 
 
+async def test_a_send_retried_on_another_process_follows_the_answer_streaming_on_the_first(
+    two_processes: list[str], fake_upstream_server: FakeUpstream
+) -> None:
+    from tests.test_resend import TICKS, paced_answer
+
+    fake_upstream_server.reset()
+    fake_upstream_server.queue(paced_answer())
+    a, b = two_processes
+    cookie = session_cookie(a, "alice", "alice-password-1")
+    send = {"type": "send", "content": "count", "conversation_id": None, "client_id": "tab-9"}
+    async with _connect(a, cookie) as first:
+        await first.send(json.dumps(send))
+        await _frames_until(first, "delta")  # then the socket drops
+    async with _connect(b, cookie) as retry:
+        await retry.send(json.dumps(send))
+        again, _ = await _frames_until(retry, "snapshot")
+        for _ in range(TICKS + 2):
+            fake_upstream_server.next_piece()
+        end, frames = await _frames_until(retry, "message.end")
+    assert again["content"].startswith("tick")
+    assert end["state"] == "complete" and end["message_id"] == again["message_id"]
+    assert answer_text([again, *frames]) == "tick " * TICKS
+    assert len(fake_upstream_server.stream_requests()) == 1
+
+
 LAYER_BURST = """
 import asyncio, django
 django.setup()

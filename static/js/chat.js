@@ -34,7 +34,9 @@ let currentConversationId = toId(messagesEl.dataset.conversationId);
 let socket = null;
 let retryDelay = RETRY_MIN_MS;
 let pingTimer = null;
-let pendingSend = null; // {content, conversationId} until message.start or error arrives
+// {content, conversationId, model, clientId} from a send until its message.start or an error;
+// kept across a reconnect, which sends it again with the same clientId (docs/protocol.md, send).
+let pendingSend = null;
 const entries = new Map(); // message id -> {article, content, reasoning, ...}
 const dirtyIds = new Set();
 let frameRequested = false;
@@ -434,6 +436,17 @@ function watchCurrentConversation() {
   sendFrame({ type: "watch", conversation_id: currentConversationId });
 }
 
+// crypto.randomUUID() needs a secure context; a self-hosted site on plain http has only this.
+function newClientId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function sendPending() {
+  const { content, conversationId, model, clientId } = pendingSend;
+  sendFrame({ type: "send", content, conversation_id: conversationId, model, client_id: clientId });
+}
+
 const CLOSE_LOGGED_OUT = 4401;
 
 function connect() {
@@ -447,17 +460,19 @@ function onSocketOpen() {
   retryDelay = RETRY_MIN_MS;
   setConnectionStatus("connected");
   watchCurrentConversation();
+  // The server may have taken it before the socket went: the same id gets that answer.
+  if (pendingSend !== null) sendPending();
   clearInterval(pingTimer);
   pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_INTERVAL_MS);
 }
 
 function onSocketClose(event) {
   clearInterval(pingTimer);
-  // A send without message.start may or may not have been taken; its text is still in the composer.
-  pendingSend = null;
-  updateSendButton();
   if (event.code === CLOSE_LOGGED_OUT) {
-    // Logged out (here or in another tab): reconnecting would only be refused again.
+    // Logged out (here or in another tab): reconnecting would only be refused again. A send
+    // without message.start may or may not have been taken; its text is still in the composer.
+    pendingSend = null;
+    updateSendButton();
     setConnectionStatus("logged-out");
     return;
   }
@@ -489,9 +504,10 @@ function onConversation(frame) {
 
 function onMessageStart(frame) {
   if (frame.conversation_id !== currentConversationId) return;
-  if (pendingSend !== null) {
+  if (pendingSend !== null && frame.client_id === pendingSend.clientId) {
+    // Taken: the composer empties, unless its text was changed meanwhile.
+    if (promptEl.value === pendingSend.content) promptEl.value = "";
     pendingSend = null;
-    promptEl.value = "";
     updateSendButton();
   }
   const user = frame.user_message;
@@ -588,8 +604,8 @@ function submitPrompt() {
     showNotice("Not connected to the server yet. Your message is kept; try again in a moment.");
     return;
   }
-  pendingSend = { content, conversationId: currentConversationId };
-  sendFrame({ type: "send", content, conversation_id: currentConversationId, model: modelPicker.value || null });
+  pendingSend = { content, conversationId: currentConversationId, model: modelPicker.value || null, clientId: newClientId() };
+  sendPending();
   updateSendButton();
 }
 
