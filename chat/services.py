@@ -12,13 +12,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.auth import SESSION_KEY
 from django.db import transaction
 
 from chat import frames
 from chat.billing import Price, fit_history
-from chat.limits import refusal_for
-from chat.models import Budget, Conversation, Message, ModelPrice
+from chat.limits import limits_for, lock_user, refusal_for
+from chat.models import Conversation, Message, ModelPrice
 from chat.streams import worker_id
 
 if TYPE_CHECKING:
@@ -76,15 +76,12 @@ def start_answer(
     """
     with transaction.atomic():
         check_session(user, session_key)
-        budget = Budget.objects.for_user(user)
-        if budget is not None:
-            # Serialise one user's sends so that two at once can't both pass the limits.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
-            refusal = refusal_for(user, budget)
-            if refusal is not None:
-                logger.info("user %s refused: %s", user.pk, refusal.code)
-                extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
-                raise Refused(refusal.code, refusal.message, **extra)
+        lock_user(user)
+        refusal = refusal_for(user, limits_for(user))
+        if refusal is not None:
+            logger.info("user %s refused: %s", user.pk, refusal.code)
+            extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
+            raise Refused(refusal.code, refusal.message, **extra)
         created = conversation_id is None
         if conversation_id is None:
             conversation = Conversation.objects.create(
