@@ -275,3 +275,15 @@ def test_the_default_limits_are_read_from_the_environment(tmp_path: Path):
     wrong = run_manage(clean_env(**base, CHAT_MAX_SOCKETS_PER_USER="-1"), "check")
     assert wrong.returncode != 0
     assert "CHAT_MAX_SOCKETS_PER_USER must be 0 (no limit) or more, not -1" in wrong.stderr
+
+
+def test_each_user_and_the_admin_see_the_limits_that_apply(client, alice, staff):
+    Budget.objects.create(user=alice, max_open_sockets=0)
+    client.force_login(alice)
+    html = client.get("/usage/").content.decode()
+    assert 'id="limit-rate">Messages per minute: 20.' in html
+    assert 'id="limit-streams">Answers streaming at once: 3.' in html
+    assert 'id="limit-sockets">Chat tabs open at once: no limit.' in html
+    client.force_login(staff)
+    html = client.get(f"/admin/usage/user/{alice.pk}/").content.decode()
+    assert "Messages per minute: 20;" in html and "chat tabs open at once: no limit." in html
