@@ -192,7 +192,7 @@ class SocketLeases:
             await asyncio.sleep(settings.SOCKET_LEASE_SECONDS / 3)
             try:
                 await database_sync_to_async(renew_sockets)(list(self.held))
-            except DatabaseError:  # the database is away: try again next time
+            except Exception:  # the database is away, or worse: log it, try again next time
                 logger.exception("could not renew the open sockets' leases")
 
 
