@@ -188,12 +188,12 @@ def _worker(rows: int, repeat: int) -> None:
             continue
         timings[name] = {**_stats(samples), "queries": queries}
 
-    from chat.limits import refusal_for
+    from chat.limits import limits_for, refusal_for
 
     samples = []
     for _ in range(repeat):
         started = time.perf_counter()
-        refusal_for(first_user, Budget.objects.for_user(first_user))
+        refusal_for(first_user, limits_for(first_user))
         samples.append((time.perf_counter() - started) * 1000)
     timings["budget check before a send"] = {**_stats(samples), "queries": "-"}
     print(json.dumps({"fill_s": fill_s, "rebuild_s": rebuild_s, "pages": timings}))

@@ -124,6 +124,7 @@ class BudgetAdmin(admin.ModelAdmin):
         "max_cost_usd",
         "max_messages_per_minute",
         "max_concurrent_streams",
+        "max_open_sockets",
     )
     list_select_related = ("user",)
     raw_id_fields = ("user",)

@@ -18,6 +18,7 @@ from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
 from chat import frames
+from chat.limits import SOCKETS
 from chat.models import Conversation, Message
 from chat.services import Refused, ResentAnswer, check_session, start_answer
 from chat.streams import RUNNING, AnswerRun, channel_layer, control_group, viewers_group
@@ -93,28 +94,49 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         # AuthMiddlewareStack's lazy object stands for the logged-in User.
         self.user = cast("User", user)
+        # Over the user's socket limit: refused at the handshake (HTTP 403), before any
+        # group or task is made for it.
+        self.socket_id = await SOCKETS.claim(self.user)
+        if self.socket_id is None:
+            logger.info("user %s refused a socket: at their limit", self.user.pk)
+            await self.close()
+            return
         self.watching: int | None = None
         # What this socket has shown of answers it follows through the group.
         self.known: dict[int, list[int]] = {}
         session = self.scope.get("session")
         self.session_key: str | None = getattr(session, "session_key", None)
-        if self.session_key:
-            await self.channel_layer.group_add(session_group(self.session_key), self.channel_name)
-        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
-        await self.accept()
+        try:
+            if self.session_key:
+                await self.channel_layer.group_add(
+                    session_group(self.session_key), self.channel_name
+                )
+            await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
+            await self.accept()
+        except BaseException:  # a failed connect may see no disconnect: free the count here
+            await SOCKETS.release(self.socket_id)
+            raise
 
     async def disconnect(self, code: int) -> None:
-        session_key = getattr(self, "session_key", None)
-        if session_key:
-            await self.channel_layer.group_discard(session_group(session_key), self.channel_name)
-        user = getattr(self, "user", None)
-        if user is not None:
-            await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
         for run in list(RUNNING.values()):
             run.detach(self.channel_name)
-        watching = getattr(self, "watching", None)
-        if watching is not None:
-            await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
+        try:
+            session_key = getattr(self, "session_key", None)
+            if session_key:
+                await self.channel_layer.group_discard(
+                    session_group(session_key), self.channel_name
+                )
+            user = getattr(self, "user", None)
+            if user is not None:
+                await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
+            watching = getattr(self, "watching", None)
+            if watching is not None:
+                await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
+        finally:  # the socket stops counting even when the channel layer is down
+            socket_id = getattr(self, "socket_id", None)
+            if socket_id is not None:
+                self.socket_id = None
+                await SOCKETS.release(socket_id)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         try:

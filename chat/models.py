@@ -559,14 +559,22 @@ class UsageDay(models.Model):
 class BudgetQuerySet(models.QuerySet):
     def for_user(self, user) -> Budget | None:
         """The user's own budget, else the default one, else None (no limits)."""
+        own, default = self.rows_for(user)
+        return own or default
+
+    def rows_for(self, user) -> tuple[Budget | None, Budget | None]:
+        """The user's own budget and the default one, each None if there is none."""
         budgets = {b.user_id: b for b in self.filter(Q(user=user) | Q(user__isnull=True))}
-        return budgets.get(user.pk) or budgets.get(None)
+        return budgets.get(user.pk), budgets.get(None)
 
 
 class Budget(models.Model):
     """Limits on what a user may spend and how fast: the default, or one user's override.
 
-    A user's own row replaces the default row as a whole; a blank limit means no limit.
+    Tokens and money: a user's own row replaces the default row as a whole, and a blank
+    limit means no limit. The rate limits (messages a minute, answers at once, open
+    sockets): blank means the default, the default row's if it sets one, else the
+    setting's (chat.limits.limits_for); 0 means no limit.
     """
 
     class Period(models.TextChoices):
@@ -593,10 +601,21 @@ class Budget(models.Model):
         help_text="USD per period (blank: no limit)",
     )
     max_messages_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="blank: no limit"
+        null=True,
+        blank=True,
+        help_text="blank: the default budget's, else CHAT_MAX_MESSAGES_PER_MINUTE; 0: no limit",
     )
     max_concurrent_streams = models.PositiveIntegerField(
-        null=True, blank=True, help_text="answers streaming at once (blank: no limit)"
+        null=True,
+        blank=True,
+        help_text="answers streaming at once (blank: the default budget's, else "
+        "CHAT_MAX_CONCURRENT_ANSWERS; 0: no limit)",
+    )
+    max_open_sockets = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="chat sockets (tabs) open at once (blank: the default budget's, else "
+        "CHAT_MAX_SOCKETS_PER_USER; 0: no limit)",
     )
 
     objects = BudgetQuerySet.as_manager()
@@ -683,3 +702,36 @@ def budget_status(user, budget: Budget | None = None) -> BudgetStatus | None:
         return None
     start = billing.period_start(budget.period, timezone.localtime())
     return budget.status(spent_since(user.pk, start.date()))
+
+
+class OpenSocketQuerySet(models.QuerySet):
+    def stale(self, now: dt.datetime, host: str, alive: Callable[[int], bool]):
+        """Rows that no longer count: not renewed in time, or of a dead process on `host`."""
+        gone = [
+            row.pk
+            for row in self.filter(worker__startswith=f"{host}:").only("pk", "worker")
+            if not alive(int(row.worker.rpartition(":")[2] or 0))
+        ]
+        return self.filter(Q(pk__in=gone) | Q(expires_at__lte=now))
+
+
+class OpenSocket(models.Model):
+    """A chat socket open now, counted against its user's limit in every process.
+
+    Its process renews `expires_at` while it runs. A process killed without closing its
+    sockets stops renewing them, so they stop counting when the lease ends (at once on
+    the same host, where the dead process is seen: OpenSocketQuerySet.stale).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    worker = models.CharField(max_length=100, help_text="host:pid of the process that holds it")
+    opened_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    objects = OpenSocketQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "expires_at"]), models.Index(fields=["worker"])]
+
+    def __str__(self) -> str:
+        return f"socket of {self.user_id} on {self.worker}"

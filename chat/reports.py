@@ -33,6 +33,7 @@ from django.urls import reverse
 from django.utils import dateformat, timezone
 
 from chat import billing
+from chat.limits import limits_for
 from chat.models import (
     USAGE_SUMS,
     Budget,
@@ -470,7 +471,8 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
     form, period = PeriodForm.read(request.GET, timezone.localdate())
     days = UsageDay.objects.between(period.start, period.end).filter(user_id=person.pk)
     totals = days.sums()
-    budget = Budget.objects.for_user(person)
+    limits = limits_for(person)
+    budget = limits.budget
     status = budget_status(person, budget) if budget is not None else None
     page = Paginator(conversation_usage(person.pk, period), CONVERSATIONS_PAGE_SIZE).get_page(
         request.GET.get("page")
@@ -505,6 +507,7 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
         "total_cost": usd(totals["cost_in_usd_ticks"]),
         **per_model_and_day(days, "No requests in this period.", "user"),
         "budget": budget,
+        "limits": limits,
         "status": status,
         "status_cost": usd(status.cost_ticks) if status else "",
         "limit_cost": usd(budget.max_cost_ticks) if budget and budget.max_cost_ticks else "",
@@ -532,7 +535,8 @@ def my_usage(request: HttpRequest) -> HttpResponse:
     """The signed-in user's own usage this budget period (this month without a budget)."""
     user = request.user
     assert user.is_authenticated  # login_required
-    budget = Budget.objects.for_user(user)
+    limits = limits_for(user)
+    budget = limits.budget
     kind = budget.period if budget is not None else Budget.Period.MONTH
     start = billing.period_start(kind, timezone.localtime()).date()
     period = Period(start, timezone.localdate())
@@ -542,6 +546,7 @@ def my_usage(request: HttpRequest) -> HttpResponse:
     estimated, unpriced = totals["estimated"], totals["unpriced"]
     context = {
         "budget": budget,
+        "limits": limits,
         "status": status,
         "warning": budget_words(status) if status and (status.near or status.over) else "",
         "period_name": "today" if kind == Budget.Period.DAY else "this month",

@@ -18,8 +18,8 @@ from django.utils.crypto import constant_time_compare
 
 from chat import frames
 from chat.billing import Price, fit_history
-from chat.limits import refusal_for
-from chat.models import Budget, Conversation, Message, ModelPrice, SendKey
+from chat.limits import limits_for, lock_user, refusal_for
+from chat.models import Conversation, Message, ModelPrice, SendKey
 from chat.streams import worker_id
 
 if TYPE_CHECKING:
@@ -146,19 +146,16 @@ def _start_answer(
 ) -> StartedAnswer | ResentAnswer:
     with transaction.atomic():
         check_session(user, session_key)
-        budget = Budget.objects.for_user(user)
-        if budget is not None:
-            # Serialise one user's sends so that two at once can't both pass the limits.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+        # Serialise one user's sends so that two at once can't both pass the limits.
+        lock_user(user)
         # After the lock, which a racing send of this id held until it committed.
         if client_id and (resent := resent_answer(user, client_id, conversation_id, text)):
             return resent
-        if budget is not None:
-            refusal = refusal_for(user, budget)
-            if refusal is not None:
-                logger.info("user %s refused: %s", user.pk, refusal.code)
-                extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
-                raise Refused(refusal.code, refusal.message, **extra)
+        refusal = refusal_for(user, limits_for(user))
+        if refusal is not None:
+            logger.info("user %s refused: %s", user.pk, refusal.code)
+            extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
+            raise Refused(refusal.code, refusal.message, **extra)
         created = conversation_id is None
         if conversation_id is None:
             conversation = Conversation.objects.create(

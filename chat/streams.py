@@ -23,10 +23,11 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
+from django.utils import timezone
 
 from chat import frames
 from chat.billing import TOKEN_FIELDS, Price
-from chat.models import Message, Usage, streams_started_after
+from chat.models import Message, OpenSocket, Usage, streams_started_after
 from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -74,26 +75,34 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid runs now."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def another_process_alive(pid: int) -> bool:
+    """Whether another process than this one runs with this pid (rows under this pid that
+    this process did not write are an earlier process's, which had the same pid)."""
+    return pid != os.getpid() and process_alive(pid)
+
+
 def sweep_orphans() -> int:
     """End answers left "streaming" by dead processes as interrupted, with their usage rows.
 
     Run at start: rows under this process's own host and pid belong to an earlier process
     that had the same pid (a container restarted after SIGKILL runs as pid 1 again).
     """
-    me = os.getpid()
-
-    def alive(pid: int) -> bool:
-        if pid == me:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return pid > 0
-
-    orphans = Message.objects.orphans(socket.gethostname(), alive, streams_started_after())
+    orphans = Message.objects.orphans(
+        socket.gethostname(), another_process_alive, streams_started_after()
+    )
     ended = 0
     for message in orphans.select_related("conversation"):
         if message.interrupt_orphan() is not None:
@@ -107,6 +116,10 @@ def on_server_start() -> None:
     """Called once by chatsite.asgi in each server process, before it serves anything."""
     try:
         sweep_orphans()
+        # Rows of sockets that dead processes left open (one that had this pid included).
+        OpenSocket.objects.stale(
+            timezone.now(), socket.gethostname(), another_process_alive
+        ).delete()
     except DatabaseError as exc:  # not migrated yet: the app still starts and says so
         logger.warning("could not look for interrupted answers: %s", exc)
     reactor = sys.modules.get("twisted.internet.reactor")

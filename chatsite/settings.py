@@ -30,6 +30,14 @@ def envint(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
 
 
+def envlimit(name: str, default: int) -> int:
+    """A limit: a whole number, 0 meaning no limit."""
+    value = envint(name, default)
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} must be 0 (no limit) or more, not {value}")
+    return value
+
+
 def envfloat(name: str, default: float) -> float:
     value = os.getenv(name, "").strip()
     if not value:
@@ -319,6 +327,14 @@ CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 32000)
 # less room for the answer (token counts estimated at 4 characters a token).
 CHAT_CONTEXT_TOKENS = envint("CHAT_CONTEXT_TOKENS", 131072)
 CHAT_ANSWER_RESERVE_TOKENS = envint("CHAT_ANSWER_RESERVE_TOKENS", 16384)
+# Each user's limits unless their budget (admin, "Budgets") says otherwise; 0: no limit.
+# Checked in the database, so they hold across processes (docs/usage.md).
+CHAT_MAX_CONCURRENT_ANSWERS = envlimit("CHAT_MAX_CONCURRENT_ANSWERS", 3)
+CHAT_MAX_MESSAGES_PER_MINUTE = envlimit("CHAT_MAX_MESSAGES_PER_MINUTE", 20)
+CHAT_MAX_SOCKETS_PER_USER = envlimit("CHAT_MAX_SOCKETS_PER_USER", 10)
+# An open socket's row counts until this long after its process last renewed it (every
+# third of it): a process killed without closing its sockets stops counting them.
+SOCKET_LEASE_SECONDS = 60.0
 # Reasoning models can think for minutes before the first token.
 UPSTREAM_CONNECT_TIMEOUT = envfloat("UPSTREAM_CONNECT_TIMEOUT", 10.0)
 UPSTREAM_FIRST_TOKEN_TIMEOUT = envfloat("UPSTREAM_FIRST_TOKEN_TIMEOUT", 600.0)

@@ -18,7 +18,13 @@ STREAMS = 20
 @pytest.fixture
 def live(fake_upstream_server: FakeUpstream, tmp_path) -> Iterator[tuple[str, dict, object]]:
     fake_upstream_server.reset()
-    env = app_env(tmp_path, fake_upstream_server.base_url)
+    # One user's twenty answers at once, each in its own tab: over the default limits.
+    no_limits = {
+        "CHAT_MAX_CONCURRENT_ANSWERS": "0",
+        "CHAT_MAX_MESSAGES_PER_MINUTE": "0",
+        "CHAT_MAX_SOCKETS_PER_USER": "0",
+    }
+    env = app_env(tmp_path, fake_upstream_server.base_url, **no_limits)
     prepare_database(env)
     log = tmp_path / "daphne.log"
     with daphne(env, log) as url:
