@@ -104,7 +104,7 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _get_conversation_for_user(request, conversation_id)
     form = RenameForm(request.POST)
     if not form.is_valid():
-        errors = " ".join(form.errors.get("title", ["The title is not valid."]))
+        errors = " ".join(map(str, form.errors["title"]))  # its one field
         return HttpResponseBadRequest(
             f"Not renamed: {errors}", content_type="text/plain; charset=utf-8"
         )
