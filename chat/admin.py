@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat import reports
 from chat.billing import TOKEN_COUNTERS, TokenCounter
-from chat.catalog import sync_prices
+from chat.catalog import failure_text, sync_prices
 from chat.models import USAGE_SUMS, Budget, Conversation, Message, ModelPrice, Usage, UsageDay
 
 
@@ -110,7 +110,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
         try:
             changed = sync_prices()
         except Exception as exc:
-            self.message_user(request, f"Could not fetch prices: {exc}", messages.ERROR)
+            self.message_user(
+                request, f"Could not fetch prices: {failure_text(exc)}", messages.ERROR
+            )
             return
         self.message_user(request, f"{changed} prices updated from xAI.", messages.SUCCESS)
 

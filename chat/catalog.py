@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from chat.models import ModelPrice
-from chat.upstream import fetch_catalog
+from chat.upstream import fetch_catalog, redact
 
 logger = logging.getLogger(__name__)
 CACHE_KEY = "upstream-models"
@@ -26,13 +26,18 @@ def models_offered() -> list[str]:
             try:
                 models = _fetch_and_store()
             except Exception as exc:
-                logger.warning("could not list the upstream's models: %s", type(exc).__name__)
+                logger.warning("could not list the upstream's models: %s", failure_text(exc))
         # Cache a failure briefly so a down upstream doesn't slow every page.
         timeout = settings.UPSTREAM_MODELS_CACHE_SECONDS if models else 30
         cache.set(CACHE_KEY, models, timeout)
     if settings.CHAT_DEFAULT_MODEL not in models:
         models = [settings.CHAT_DEFAULT_MODEL, *models]
     return models
+
+
+def failure_text(exc: Exception) -> str:
+    """What went wrong, fit for a page, a command's output or the log: never the key."""
+    return redact(str(exc) or type(exc).__name__, settings.XAI_API_KEY)
 
 
 def sync_prices() -> int:

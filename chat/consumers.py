@@ -195,12 +195,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 f"That message is {len(text)} characters long; the limit is "
                 f"{settings.CHAT_MAX_MESSAGE_CHARS}.",
             )
+        self._storable(text, "The message")
         conversation_id = content.get("conversation_id")
         if conversation_id is not None:
             conversation_id = self._int_field(content, "conversation_id")
         model = content.get("model")
         if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 100):
             raise Refused("bad_frame", "The field 'model' must be a model name.")
+        if model is not None:
+            self._storable(model, "The model name")
         client_id = content.get("client_id")
         if client_id is not None and not (
             isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
@@ -296,6 +299,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise Refused("bad_frame", f"The field {name!r} must be a positive integer.")
         return value
+
+    @staticmethod
+    def _storable(text: str, what: str) -> None:
+        """Refuse text no database stores: PostgreSQL refuses NUL, and a lone surrogate (half
+        of an emoji's pair; JSON can escape one) is not UTF-8."""
+        if "\x00" in text:
+            raise Refused(
+                "bad_frame", f"{what} holds a NUL character (U+0000), which cannot be stored."
+            )
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise Refused(
+                "bad_frame",
+                f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}, half of a "
+                f"character such as an emoji) at character {exc.start + 1}, which cannot be "
+                "stored.",
+            ) from None
 
     @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:

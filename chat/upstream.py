@@ -9,9 +9,11 @@ arrived survives a stop, a timeout or an error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
+import re
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -153,6 +155,37 @@ class UpstreamError(Exception):
 
 class StreamEnd(Exception):
     """Raised by a dialect when the stream says it is over (`[DONE]`, message_stop)."""
+
+
+# ---------------------------------------------------------------------------
+# Redaction
+
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with `secret` replaced in every form an error message may quote it."""
+    for form in _quoted_forms(secret):
+        text = text.replace(form, REDACTED)
+    return text
+
+
+@functools.lru_cache(maxsize=8)
+def _quoted_forms(secret: str) -> tuple[str, ...]:
+    """The secret as given and stripped, escaped as repr() and JSON write it (h11 quotes a
+    header it refuses as bytes: b'Bearer xai-...\\r\\n'), and each long piece between
+    control characters; longest first, so that a longer form goes before its pieces."""
+    if not secret:
+        return ()
+    forms = {
+        secret,
+        secret.strip(),
+        repr(secret)[1:-1],
+        repr(secret.encode("utf-8", "backslashreplace"))[2:-1],
+        json.dumps(secret)[1:-1],
+    }
+    forms.update(piece for piece in re.split(r"[\x00-\x20\x7f-\xa0]+", secret) if len(piece) >= 8)
+    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
 
 
 # ---------------------------------------------------------------------------
@@ -519,7 +552,7 @@ class Upstream:
         return headers
 
     def redact(self, text: str) -> str:
-        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+        return redact(text, self.api_key)
 
     async def stream(
         self, answer: Answer, model: str, messages: list[dict[str, str]]
@@ -611,7 +644,7 @@ class Upstream:
                 retryable=False,
             ) from None
         except httpx.ConnectError as exc:
-            logger.warning("upstream connect to %s failed: %s", url, exc)
+            logger.warning("upstream connect to %s failed: %s", url, self.redact(str(exc)))
             raise UpstreamError(
                 "Could not connect to the upstream API. Check XAI_BASE_URL and the network.",
                 retryable=True,
@@ -622,13 +655,14 @@ class Upstream:
                 retryable=True,
             ) from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            logger.warning("upstream connection to %s broke: %s", url, exc)
+            logger.warning("upstream connection to %s broke: %s", url, self.redact(str(exc)))
             raise UpstreamError(
                 "The connection to the upstream broke before the answer was complete.",
                 retryable=not got_token,
             ) from None
         except httpx.HTTPError as exc:  # pool timeouts, protocol errors, bad URLs
-            logger.warning("upstream request to %s failed: %r", url, exc)
+            # A LocalProtocolError quotes the refused header: the key, when it is broken.
+            logger.warning("upstream request to %s failed: %s", url, self.redact(repr(exc)))
             raise UpstreamError(
                 f"The request to the upstream failed ({type(exc).__name__})."
             ) from None
@@ -703,17 +737,26 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
     """
     headers = {"Authorization": f"Bearer {api_key}"}
     base = base_url.rstrip("/")
-    with httpx.Client(timeout=timeout, headers=headers) as client:
-        response = client.get(base + "/language-models")
-        if response.status_code == 200:
-            items = response.json().get("models") or []
-        else:
-            response = client.get(base + "/models")
-            response.raise_for_status()
-            items = response.json().get("data") or []
+    try:
+        with httpx.Client(timeout=timeout, headers=headers) as client:
+            response, key = client.get(base + "/language-models"), "models"
+            if response.status_code != 200:
+                response, key = client.get(base + "/models"), "data"
+    except httpx.HTTPError as exc:
+        # Its text reaches the admin's page, the command's output and the log: never the key.
+        raise UpstreamError(
+            redact(f"The request to the upstream failed ({type(exc).__name__}: {exc}).", api_key)
+        ) from None
+    if response.status_code != 200:
+        raise describe_status(response.status_code, redact(response.text, api_key))
+    try:
+        body = response.json()
+    except ValueError:
+        raise UpstreamError("The upstream's model list is not JSON.") from None
+    items = body.get(key) if isinstance(body, dict) else None
     ids: set[str] = set()
     prices: dict[str, Price] = {}
-    for item in items:
+    for item in items if isinstance(items, list) else ():
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
         names = [item["id"], *(a for a in item.get("aliases") or () if isinstance(a, str))]

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -16,7 +17,13 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    JsonResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -44,8 +51,17 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         # quick, and older turns are a link away.
         rows = conversation.messages.select_related("usage").order_by("-id")
         before = request.GET.get("before", "")
-        if before.isdigit():
-            rows = rows.filter(id__lt=int(before))
+        if before:
+            try:
+                # isdigit() alone passes "²" (int() refuses it) and "١٢" (int() reads 12).
+                if not (before.isascii() and before.isdigit()):
+                    raise ValueError(before)
+                rows = rows.filter(id__lt=int(before))
+            except ValueError:  # also more digits than int() reads
+                return HttpResponseBadRequest(
+                    "?before= must be a message id, in the digits 0-9.",
+                    content_type="text/plain; charset=utf-8",
+                )
             later = True
         messages = list(rows[: MESSAGES_PER_PAGE + 1])
         earlier = len(messages) > MESSAGES_PER_PAGE
@@ -74,12 +90,25 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return _chat_page(request, _get_conversation_for_user(request, conversation_id))
 
 
+class RenameForm(forms.Form):
+    # CharField refuses NUL characters, which PostgreSQL cannot store.
+    title = forms.CharField(required=False)
+
+    def clean_title(self) -> str:
+        return " ".join(self.cleaned_data["title"].split())[:200]
+
+
 @login_required
 @require_POST
 def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _get_conversation_for_user(request, conversation_id)
-    title = " ".join(request.POST.get("title", "").split())[:200]
-    if title:
+    form = RenameForm(request.POST)
+    if not form.is_valid():
+        errors = " ".join(map(str, form.errors["title"]))  # its one field
+        return HttpResponseBadRequest(
+            f"Not renamed: {errors}", content_type="text/plain; charset=utf-8"
+        )
+    if title := form.cleaned_data["title"]:
         conversation.title = title
         conversation.save(update_fields=["title"])
     return redirect("conversation", conversation.id)

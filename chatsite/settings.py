@@ -51,6 +51,21 @@ def envfloat(name: str, default: float) -> float:
     return result
 
 
+def envsecret(name: str) -> str:
+    """A secret as one word: surrounding whitespace dropped (a CRLF .env file leaves a CR,
+    which httpx refuses, quoting the whole header in its error); anything but visible
+    ASCII inside refused, saying where and never what the secret is."""
+    value = os.getenv(name, "").strip()
+    for position, char in enumerate(value, 1):
+        if not "!" <= char <= "~":
+            raise ImproperlyConfigured(
+                f"{name} must be one word of visible ASCII characters, but character "
+                f"{position} of {len(value)} is U+{ord(char):04X} (a control character, "
+                "a space or not ASCII). Check the file or the environment it comes from."
+            )
+    return value
+
+
 def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.getenv(name, default).strip() or default
     if value not in choices:
@@ -316,7 +331,7 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
 # The upstream (xAI or any OpenAI-compatible server)
-XAI_API_KEY = os.getenv("XAI_API_KEY", "")
+XAI_API_KEY = envsecret("XAI_API_KEY")
 XAI_BASE_URL = os.getenv("XAI_BASE_URL", "https://api.x.ai/v1").rstrip("/")
 XAI_API_STYLE = envchoice(
     "XAI_API_STYLE", "chat_completions", ("chat_completions", "responses", "anthropic_messages")
@@ -349,7 +364,8 @@ STREAM_CHECKPOINT_SECONDS = envfloat("STREAM_CHECKPOINT_SECONDS", 5.0)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"redacted": {"()": "chat.logs.RedactingFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "redacted"}},
     "root": {"handlers": ["console"], "level": os.getenv("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},

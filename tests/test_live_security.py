@@ -206,10 +206,36 @@ async def test_a_socket_from_a_missing_null_or_foreign_origin_is_refused(
     assert refused.value.response.status_code == 403
 
 
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:1",
+        "http://localhost:9999",
+        "https://127.0.0.1",
+        "https://127.0.0.1:{port}",
+        "http://127.0.0.1",
+        "http://localhost:{port}",  # the same server by another name is another origin
+    ],
+)
+async def test_a_socket_from_another_port_scheme_or_name_of_the_same_host_is_refused(
+    live: Live, origin: str
+):
+    port = live.url.rsplit(":", 1)[1]
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(live, live.alice, origin.format(port=port)):
+            pass
+    assert refused.value.response.status_code == 403
+
+
 async def test_a_socket_from_the_sites_own_origin_with_a_login_is_accepted(live: Live):
-    for origin in (live.url, live.url.replace("127.0.0.1", "localhost")):
-        async with connect(live, live.alice, origin) as ws:
-            await ping(ws)
+    async with connect(live, live.alice, live.url) as ws:
+        await ping(ws)
+    # By the other allowed name, asked for by that name.
+    by_name = live.url.replace("127.0.0.1", "localhost")
+    url = by_name.replace("http://", "ws://") + "/ws/chat/"
+    headers = {"Cookie": live.alice, "Origin": by_name}
+    async with websockets.connect(url, additional_headers=headers, open_timeout=5) as ws:
+        await ping(ws)
 
 
 @pytest.mark.parametrize("cookie", [None, "sessionid=not-a-session", "sessionid="])
@@ -282,6 +308,19 @@ BAD_FRAMES: dict[str, tuple[str | bytes, str]] = {
     ),
     "model too long": (
         frame(type="send", content="hi", conversation_id=None, model="m" * 101),
+        "bad_frame",
+    ),
+    "content with a NUL": (frame(type="send", content="a\x00b", conversation_id=None), "bad_frame"),
+    "content with a lone surrogate": (
+        frame(type="send", content="half an emoji: \ud83d", conversation_id=None),
+        "bad_frame",
+    ),
+    "model with a NUL": (
+        frame(type="send", content="hi", conversation_id=None, model="grok\x00"),
+        "bad_frame",
+    ),
+    "model with a lone surrogate": (
+        frame(type="send", content="hi", conversation_id=None, model="grok\udfff"),
         "bad_frame",
     ),
     "watch without conversation_id": (frame(type="watch"), "bad_frame"),

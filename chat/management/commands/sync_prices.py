@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.catalog import sync_prices
+from chat.catalog import failure_text, sync_prices
 
 
 class Command(BaseCommand):
@@ -10,5 +10,5 @@ class Command(BaseCommand):
         try:
             count = sync_prices()
         except Exception as exc:
-            raise CommandError(f"Could not fetch prices: {exc}") from None
+            raise CommandError(f"Could not fetch prices: {failure_text(exc)}") from None
         self.stdout.write(self.style.SUCCESS(f"{count} model prices stored from xAI's list."))
