@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -16,7 +17,14 @@ from django.dispatch import receiver
 from chat import frames
 from chat.models import Conversation, Message
 from chat.services import Refused, check_session, start_answer
-from chat.streams import RUNNING, AnswerRun, channel_layer, control_group, viewers_group
+from chat.streams import (
+    LAYER_ERRORS,
+    RUNNING,
+    AnswerRun,
+    channel_layer,
+    control_group,
+    viewers_group,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -25,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 RECENT_ANSWERS = 10
 CLOSE_LOGGED_OUT = 4401
+# The channel layer (Redis) failed: the page reconnects, and the new socket joins its
+# groups afresh (a restarted Redis forgot them).
+CLOSE_UNAVAILABLE = 4503
 
 
 def session_group(session_key: str) -> str:
@@ -45,6 +56,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     user: User
 
+    async def __call__(
+        self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except LAYER_ERRORS as exc:
+            # Not a 500 or an "internal error" close with a traceback per socket: Redis
+            # went away, which the page rides out by reconnecting with backoff.
+            logger.warning("socket closed: the channel layer failed: %r", exc)
+            await self.disconnect(CLOSE_UNAVAILABLE)
+            await self.close(code=CLOSE_UNAVAILABLE)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -62,14 +85,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        session_key = getattr(self, "session_key", None)
-        if session_key:
-            await self.channel_layer.group_discard(session_group(session_key), self.channel_name)
         for run in list(RUNNING.values()):
             run.detach(self.channel_name)
+        session_key = getattr(self, "session_key", None)
         watching = getattr(self, "watching", None)
-        if watching is not None:
-            await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
+        try:
+            if session_key:
+                await self.channel_layer.group_discard(
+                    session_group(session_key), self.channel_name
+                )
+            if watching is not None:
+                await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
+        except LAYER_ERRORS as exc:  # the channel is gone anyway; its memberships expire
+            logger.warning("socket %s left its groups behind: %r", self.channel_name, exc)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         try:
@@ -144,14 +172,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.user, self.session_key, conversation_id, text, model
         )
         conversation, answer = started.conversation, started.answer
-        if started.created:
-            await self.send_json(frames.conversation(conversation, answer.model))
-        await self.watch(conversation.id, announce=False, owned=True)
-        start = frames.message_start(started.user_message, answer, started.dropped)
-        await self.send_json(start)
-        # The upstream request goes out before the other tabs are told (a round trip to
-        # Redis in production): it is on the way to the first token, they are not.
-        AnswerRun(
+        run = AnswerRun(
             user_id=self.user.id,
             conversation_id=conversation.id,
             message_id=answer.id,
@@ -160,7 +181,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             send=self.send_json,
             origin=self.channel_name,
             price=started.price,
-        ).start()
+        )
+        try:
+            if started.created:
+                await self.send_json(frames.conversation(conversation, answer.model))
+            await self.watch(conversation.id, announce=False, owned=True)
+            start = frames.message_start(started.user_message, answer, started.dropped)
+            await self.send_json(start)
+        finally:
+            # The answer's row is written: it streams and is saved, with its usage, even
+            # when Redis failed just now and this socket closes (the page reloads it).
+            # The upstream request goes out before the other tabs are told (a round trip
+            # to Redis in production): it is on the way to the first token, they are not.
+            run.start()
         await self.channel_layer.group_send(
             viewers_group(conversation.id), frames.chat_start(start, self.channel_name)
         )
