@@ -23,10 +23,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pool: ConnectionPool | None = self.pool  # type: ignore[attr-defined]
         if pool is None:
             return connection
-        try:
-            ConnectionPool.check_connection(connection)
-        except psycopg.Error:
-            pool.putconn(connection)  # the pool closes it: its state says it failed
-            pool.check()  # drops the other dead ones and opens new connections in their place
-            connection = super().get_new_connection(conn_params)
-        return connection
+        tries = 3
+        while True:
+            try:
+                ConnectionPool.check_connection(connection)
+                return connection
+            except psycopg.Error:
+                pool.putconn(connection)  # the pool closes it: its state says it failed
+                tries -= 1
+                if not tries:  # PostgreSQL is down, or ends every connection it opens
+                    raise
+                # Drops the other dead ones and opens new connections in their place.
+                pool.check()
+                connection = super().get_new_connection(conn_params)
