@@ -189,10 +189,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             start = frames.message_start(started.user_message, answer, started.dropped)
             await self.send_json(start)
         finally:
-            # The answer's row is written: it streams and is saved, with its usage, even
-            # when Redis failed just now and this socket closes (the page reloads it).
-            # The upstream request goes out before the other tabs are told (a round trip
-            # to Redis in production): it is on the way to the first token, they are not.
+            # Its row is written: the answer streams and is saved even if Redis failed just
+            # now (this socket then closes; the page reloads it). The upstream request goes
+            # out before the other tabs are told: it is on the way to the first token.
             run.start()
         await self.channel_layer.group_send(
             viewers_group(conversation.id), frames.chat_start(start, self.channel_name)

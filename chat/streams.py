@@ -178,6 +178,7 @@ class AnswerRun:
         self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
         self._checkpointed_at = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
+        self._layer_failed = False  # Redis failed while this answer streamed
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -312,7 +313,8 @@ class AnswerRun:
         """Stop and snapshot requests from any process, through the group `ctl_<id>`.
 
         The answer streams on whatever happens to Redis. When Redis fails, this joins the
-        group again once it answers: a restarted Redis has forgotten the group.
+        group again once it answers (a restarted Redis has forgotten the group), and the
+        tabs that follow the conversation get the text so far.
         """
         joined = failing = False
         while True:
@@ -320,10 +322,17 @@ class AnswerRun:
                 if not joined:
                     await self.layer.group_add(control_group(self.conversation_id), channel)
                     joined = True
+                    if failing:
+                        logger.warning("answer %s: control channel is back", self.message_id)
+                        failing = False
+                        if self._send is None:
+                            # Tabs that came back may have asked for a snapshot before this
+                            # joined again: they get one all the same.
+                            self._watched = True
+                            await self.layer.group_send(
+                                viewers_group(self.conversation_id), self.snapshot_event()
+                            )
                 request = await self.layer.receive(channel)
-                if failing:
-                    logger.warning("answer %s: control channel is back", self.message_id)
-                    failing = False
                 if request.get("message_id") not in (None, self.message_id):
                     continue
                 if request.get("type") == "stream.stop":
@@ -337,7 +346,7 @@ class AnswerRun:
                     raise  # the answer ended: its listener goes with it
                 if not failing:  # one line per outage, not one per try
                     logger.warning("answer %s: control channel: %r", self.message_id, exc)
-                failing = True
+                failing = self._layer_failed = True
                 joined = False
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
 
@@ -388,6 +397,12 @@ class AnswerRun:
             except Exception:
                 self.origin = None
         try:
+            if self._layer_failed and self._send is None:
+                # Tabs that came back after Redis failed may have missed some of the text
+                # (it ended before they could ask): the whole of it, then the end.
+                await self.layer.group_send(
+                    viewers_group(self.conversation_id), self.snapshot_event()
+                )
             await self.layer.group_send(
                 viewers_group(self.conversation_id), frames.chat_end(frame, self.origin)
             )

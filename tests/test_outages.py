@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import websockets
 
-from tests.fake_upstream import FakeUpstream, Reply, chunk, sse, usage_chunk
+from tests.fake_upstream import FakeUpstream, paced_stream
 from tests.live import (
     RedisServer,
     answer_text,
@@ -56,35 +56,12 @@ async def _until_healthy(url: str) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _watch_until_snapshot(ws, conversation_id: int, message_id: int) -> dict:
-    """Watch the conversation, again and again, until the streaming answer sends its
-    snapshot: it can only once it has joined its control group in the restarted Redis."""
-    async with asyncio.timeout(60):  # a hang guard
-        while True:
-            await ws.send(json.dumps({"type": "watch", "conversation_id": conversation_id}))
-            try:
-                async with asyncio.timeout(0.5):  # then ask again; a late snapshot is read then
-                    while True:
-                        frame = json.loads(await ws.recv())
-                        if frame["type"] == "snapshot" and frame["message_id"] == message_id:
-                            return frame
-            except TimeoutError:
-                continue
-
-
-def _paced_answer(pieces: list[str]) -> Reply:
-    """An answer whose first piece comes at once and each next one on next_piece()."""
-    events = [sse(chunk(piece), done=False) for piece in pieces]
-    events.append(sse(chunk(finish="stop"), usage_chunk(12, len(pieces)), done=True))
-    return Reply(pieces=events, paced=True)
-
-
 async def test_a_redis_restart_closes_sockets_for_the_page_to_reconnect_and_then_nothing_fails(
     fake_upstream_server: FakeUpstream, tmp_path
 ) -> None:
     fake_upstream_server.reset()
     pieces = ["Before ", "the ", "restart, ", "and ", "after ", "it."]
-    fake_upstream_server.queue(_paced_answer(pieces))
+    fake_upstream_server.queue(paced_stream(pieces))
     with RedisServer(tmp_path) as redis:
         env = app_env(tmp_path, fake_upstream_server.base_url, REDIS_URL=redis.url)
         prepare_database(env)
@@ -111,11 +88,16 @@ async def test_a_redis_restart_closes_sockets_for_the_page_to_reconnect_and_then
             refused = [repr(s) for s in sockets if isinstance(s, BaseException)]
             assert refused == []
 
-            # The answer streamed on through the restart; a returning tab follows it to the end.
+            # The answer streamed on through the restart; a returning tab follows it to the
+            # end. Its snapshot comes whether the answer's control channel joined its group
+            # in the new Redis before the tab asked, or after (then it sends one itself).
             tab = sockets[0]
             message_id = start["message"]["id"]
-            snapshot = await _watch_until_snapshot(tab, start["conversation_id"], message_id)
-            assert snapshot["content"] == pieces[0]
+            await tab.send(
+                json.dumps({"type": "watch", "conversation_id": start["conversation_id"]})
+            )
+            snapshot, _ = await _frames_until(tab, "snapshot")
+            assert snapshot["message_id"] == message_id and snapshot["content"] == pieces[0]
             for _ in pieces[1:] + ["end"]:
                 fake_upstream_server.next_piece()
             end, seen = await _frames_until(tab, "message.end")
@@ -190,7 +172,9 @@ async def test_after_postgresql_ends_its_connections_no_page_or_socket_fails(
             async with _connect(url, cookie) as ws:
                 assert _end_backends(env["DATABASE_URL"]) >= 2
                 # The socket's database work: the message and its answer are saved.
-                await ws.send(json.dumps({"type": "send", "content": "Hi", "conversation_id": None}))
+                await ws.send(
+                    json.dumps({"type": "send", "content": "Hi", "conversation_id": None})
+                )
                 end, _ = await _frames_until(ws, "message.end")
                 assert end["state"] == "complete"
 
