@@ -64,7 +64,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except LAYER_ERRORS as exc:
             # Not a 500 or an "internal error" close with a traceback per socket: Redis
             # went away, which the page rides out by reconnecting with backoff.
-            logger.warning("socket closed: the channel layer failed: %r", exc)
+            logger.warning("socket closed: the channel layer failed: %s", exc)
             await self.disconnect(CLOSE_UNAVAILABLE)
             await self.close(code=CLOSE_UNAVAILABLE)
 
@@ -97,7 +97,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if watching is not None:
                 await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
         except LAYER_ERRORS as exc:  # the channel is gone anyway; its memberships expire
-            logger.warning("socket %s left its groups behind: %r", self.channel_name, exc)
+            logger.info("socket %s left its groups behind: %s", self.channel_name, exc)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         try:

@@ -227,7 +227,7 @@ class AnswerRun:
             try:
                 await self.layer.group_discard(control_group(self.conversation_id), control_channel)
             except LAYER_ERRORS as exc:  # the membership expires with the channel
-                logger.warning("answer %s: control channel: %r", self.message_id, exc)
+                logger.warning("answer %s: control channel: %s", self.message_id, exc)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -345,7 +345,7 @@ class AnswerRun:
                 if task is not None and task.cancelling():
                     raise  # the answer ended: its listener goes with it
                 if not failing:  # one line per outage, not one per try
-                    logger.warning("answer %s: control channel: %r", self.message_id, exc)
+                    logger.warning("answer %s: control channel: %s", self.message_id, exc)
                 failing = self._layer_failed = True
                 joined = False
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
