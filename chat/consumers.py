@@ -9,6 +9,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync
+from asgiref.typing import ASGIReceiveCallable, ASGISendCallable
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -21,7 +22,14 @@ from chat import frames
 from chat.limits import SOCKETS
 from chat.models import Conversation, Message
 from chat.services import Refused, ResentAnswer, check_session, start_answer
-from chat.streams import RUNNING, AnswerRun, channel_layer, control_group, viewers_group
+from chat.streams import (
+    LAYER_ERRORS,
+    RUNNING,
+    AnswerRun,
+    channel_layer,
+    control_group,
+    viewers_group,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -31,6 +39,9 @@ logger = logging.getLogger(__name__)
 RECENT_ANSWERS = 10
 CLOSE_LOGGED_OUT = 4401
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a UUID fits (docs/protocol.md, `send`)
+# The channel layer (Redis) failed: the page reconnects, and the new socket joins its
+# groups afresh (a restarted Redis forgot them).
+CLOSE_UNAVAILABLE = 4503
 
 
 def session_group(session_key: str) -> str:
@@ -87,6 +98,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     user: User
 
+    async def __call__(
+        self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except LAYER_ERRORS as exc:
+            # Not a 500 or an "internal error" close with a traceback per socket: Redis
+            # went away, which the page rides out by reconnecting with backoff.
+            logger.warning("socket closed: the channel layer failed: %s", exc)
+            await self.disconnect(CLOSE_UNAVAILABLE)
+            await self.close(code=CLOSE_UNAVAILABLE)
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -114,24 +137,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
             await self.accept()
         except BaseException:  # a failed connect may see no disconnect: free the count here
-            await SOCKETS.release(self.socket_id)
+            socket_id, self.socket_id = self.socket_id, None
+            if socket_id is not None:
+                await SOCKETS.release(socket_id)
             raise
 
     async def disconnect(self, code: int) -> None:
         for run in list(RUNNING.values()):
             run.detach(self.channel_name)
+        session_key = getattr(self, "session_key", None)
+        watching = getattr(self, "watching", None)
+        user = getattr(self, "user", None)
         try:
-            session_key = getattr(self, "session_key", None)
             if session_key:
                 await self.channel_layer.group_discard(
                     session_group(session_key), self.channel_name
                 )
-            user = getattr(self, "user", None)
             if user is not None:
                 await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
-            watching = getattr(self, "watching", None)
             if watching is not None:
                 await self.channel_layer.group_discard(viewers_group(watching), self.channel_name)
+        except LAYER_ERRORS as exc:  # the channel is gone anyway; its memberships expire
+            logger.info("socket %s left its groups behind: %s", self.channel_name, exc)
         finally:  # the socket stops counting even when the channel layer is down
             socket_id = getattr(self, "socket_id", None)
             if socket_id is not None:
@@ -222,14 +249,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.attach(started, client_id, announce=conversation_id is None)
             return
         conversation, answer = started.conversation, started.answer
-        if started.created:
-            await self.send_json(frames.conversation(conversation, answer.model))
-        await self.watch(conversation.id, announce=False, owned=True)
-        start = frames.message_start(started.user_message, answer, started.dropped, client_id)
-        await self.send_json(start)
-        # The upstream request goes out before the other tabs are told (a round trip to
-        # Redis in production): it is on the way to the first token, they are not.
-        AnswerRun(
+        run = AnswerRun(
             user_id=self.user.id,
             conversation_id=conversation.id,
             message_id=answer.id,
@@ -238,7 +258,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             send=self.send_json,
             origin=self.channel_name,
             price=started.price,
-        ).start()
+        )
+        try:
+            if started.created:
+                await self.send_json(frames.conversation(conversation, answer.model))
+            await self.watch(conversation.id, announce=False, owned=True)
+            start = frames.message_start(started.user_message, answer, started.dropped, client_id)
+            await self.send_json(start)
+        finally:
+            # Its row is written: the answer streams and is saved even if Redis failed just
+            # now (this socket then closes; the page reloads it). The upstream request goes
+            # out before the other tabs are told: it is on the way to the first token.
+            run.start()
         await self.channel_layer.group_send(
             viewers_group(conversation.id), frames.chat_start(start, self.channel_name)
         )

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from chat import frames
 from chat.billing import TOKEN_FIELDS, Price
@@ -37,6 +38,10 @@ GROUP_FLUSH_SECONDS = 0.05
 RUNNING: dict[int, AnswerRun] = {}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+# What the channel layer raises when Redis fails (the in-memory layer raises none of them).
+LAYER_ERRORS: tuple[type[Exception], ...] = (RedisError,)
+# How long the control channel of an answer waits before it tries Redis again.
+LAYER_RETRY_SECONDS = 0.5
 
 
 def viewers_group(conversation_id: int) -> str:
@@ -186,6 +191,7 @@ class AnswerRun:
         self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
         self._checkpointed_at = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
+        self._layer_failed = False  # Redis failed while this answer streamed
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -207,7 +213,6 @@ class AnswerRun:
 
     async def run(self) -> None:
         control_channel = await self.layer.new_channel()
-        await self.layer.group_add(control_group(self.conversation_id), control_channel)
         listener = asyncio.create_task(self._listen(control_channel))
         started = time.monotonic()
         state: str = Message.State.COMPLETE
@@ -232,7 +237,10 @@ class AnswerRun:
         try:
             await self._finish(state, error, started)
         finally:
-            await self.layer.group_discard(control_group(self.conversation_id), control_channel)
+            try:
+                await self.layer.group_discard(control_group(self.conversation_id), control_channel)
+            except LAYER_ERRORS as exc:  # the membership expires with the channel
+                logger.warning("answer %s: control channel: %s", self.message_id, exc)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -315,23 +323,45 @@ class AnswerRun:
             logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
 
     async def _listen(self, channel: str) -> None:
+        """Stop and snapshot requests from any process, through the group `ctl_<id>`.
+
+        The answer streams on whatever happens to Redis. When Redis fails, this joins the
+        group again once it answers (a restarted Redis has forgotten the group), and the
+        tabs that follow the conversation get the text so far.
+        """
+        joined = failing = False
         while True:
             try:
+                if not joined:
+                    await self.layer.group_add(control_group(self.conversation_id), channel)
+                    joined = True
+                    if failing:
+                        logger.warning("answer %s: control channel is back", self.message_id)
+                        failing = False
+                        if self._send is None:
+                            # Tabs that came back may have asked for a snapshot before this
+                            # joined again: they get one all the same.
+                            self._watched = True
+                            await self.layer.group_send(
+                                viewers_group(self.conversation_id), self.snapshot_event()
+                            )
                 request = await self.layer.receive(channel)
-            except Exception as exc:  # Redis hiccup: Stop must keep working after it
+                if request.get("message_id") not in (None, self.message_id):
+                    continue
+                if request.get("type") == "stream.stop":
+                    self.stop()
+                elif request.get("type") == "stream.snapshot" and request.get("reply_to"):
+                    self._watched = True
+                    await self.layer.send(request["reply_to"], self.snapshot_event())
+            except Exception as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the answer ended: its listener goes with it
-                logger.warning("answer %s: control channel: %r", self.message_id, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if request.get("message_id") not in (None, self.message_id):
-                continue
-            if request.get("type") == "stream.stop":
-                self.stop()
-            elif request.get("type") == "stream.snapshot" and request.get("reply_to"):
-                self._watched = True
-                await self.layer.send(request["reply_to"], self.snapshot_event())
+                if not failing:  # one line per outage, not one per try
+                    logger.warning("answer %s: control channel: %s", self.message_id, exc)
+                failing = self._layer_failed = True
+                joined = False
+                await asyncio.sleep(LAYER_RETRY_SECONDS)
 
     def snapshot_event(self) -> dict[str, Any]:
         return frames.chat_snapshot(
@@ -380,6 +410,12 @@ class AnswerRun:
             except Exception:
                 self.origin = None
         try:
+            if self._layer_failed and self._send is None:
+                # Tabs that came back after Redis failed may have missed some of the text
+                # (it ended before they could ask): the whole of it, then the end.
+                await self.layer.group_send(
+                    viewers_group(self.conversation_id), self.snapshot_event()
+                )
             await self.layer.group_send(
                 viewers_group(self.conversation_id), frames.chat_end(frame, self.origin)
             )

@@ -7,6 +7,9 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,6 +198,9 @@ DATABASE_URL = os.getenv("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, but its pool checks each connection before lending it and
+        # replaces the dead ones (after a PostgreSQL restart) at once: chatsite/postgresql.
+        DATABASES["default"]["ENGINE"] = "chatsite.postgresql"
         # Under ASGI no connection is kept per thread; a pool lends one per database call
         # (opening a PostgreSQL connection costs milliseconds, docs/benchmarks.md).
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -237,7 +243,18 @@ if REDIS_URL:
             "CONFIG": {
                 # redis-py 8 reads with a 5 s timeout and refuses the 101st connection by
                 # default: under load that killed consumers (docs/benchmarks.md).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 60, "max_connections": 2000}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 60,
+                        "max_connections": 2000,
+                        # redis-py retries nothing by default: after a Redis restart the
+                        # pool's dead connections failed the next commands (handshakes
+                        # answered 500). Once more on a fresh connection, at once; a Redis
+                        # that stays down still fails fast (sockets close with 4503).
+                        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                    }
+                ],
                 "capacity": 1000,
                 "channel_capacity": {"specific.*": 100_000},
                 "expiry": 30,

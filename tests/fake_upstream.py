@@ -109,6 +109,14 @@ def slow_stream(count: int = 400, delay: float = 0.05, text: str = "tick ") -> R
     return Reply(pieces=pieces, delay=delay)
 
 
+def paced_stream(texts: list[str]) -> Reply:
+    """An answer whose first text comes at once and each next one (then its end, with the
+    usage report) on a `FakeUpstream.next_piece()` of the test: len(texts) calls in all."""
+    pieces = [sse(chunk(text), done=False) for text in texts]
+    pieces.append(sse(chunk(finish="stop"), usage_chunk(12, len(texts))))
+    return Reply(pieces=pieces, paced=True)
+
+
 @dataclass
 class Request:
     method: str

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,3 +174,50 @@ def answer_text(frames: list[dict]) -> str:
         elif frame["type"] == "delta":
             out += frame["content"]
     return out
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, which the test may stop and start
+    again on the same port (as a restart of Redis in production). Nothing is persisted:
+    a restarted Redis has forgotten every key, as after a crash without a snapshot."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp / "redis"
+        self.dir.mkdir(exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
+            + ["--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60  # a hang guard, not a deadline
+        while True:
+            try:
+                self.command("PING")
+                return
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stops it and waits until it has exited: its port refuses connections."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(60)
+            self.process = None
+
+    def command(self, *args: str) -> object:
+        with redis.Redis.from_url(self.url, socket_timeout=60) as client:
+            return client.execute_command(*args)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
