@@ -63,7 +63,13 @@ async def test_a_redis_restart_closes_sockets_for_the_page_to_reconnect_and_then
     pieces = ["Before ", "the ", "restart, ", "and ", "after ", "it."]
     fake_upstream_server.queue(paced_stream(pieces))
     with RedisServer(tmp_path) as redis:
-        env = app_env(tmp_path, fake_upstream_server.base_url, REDIS_URL=redis.url)
+        # Fifty sockets of one user: past the default cap of ten, which is not what this tests.
+        env = app_env(
+            tmp_path,
+            fake_upstream_server.base_url,
+            REDIS_URL=redis.url,
+            CHAT_MAX_SOCKETS_PER_USER="0",
+        )
         prepare_database(env)
         with daphne_process(env, tmp_path / "daphne.log") as (url, _process):
             cookie = session_cookie(url, "alice", "alice-password-1")
