@@ -270,6 +270,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # now (this socket then closes; the page reloads it). The upstream request goes
             # out before the other tabs are told: it is on the way to the first token.
             run.start()
+        await run.listening.wait()
         await self.channel_layer.group_send(
             viewers_group(conversation.id), frames.chat_start(start, self.channel_name)
         )

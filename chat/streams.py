@@ -178,6 +178,9 @@ class AnswerRun:
         self.answer = Answer()
         self.end_state: str | None = None  # set by stop() or shutdown before cancelling
         self.task: asyncio.Task[None] | None = None
+        # Set once the control channel is in its group (or failed to join): other tabs are
+        # told of the answer only then, or their requests for a snapshot would go unheard.
+        self.listening = asyncio.Event()
         self.layer = channel_layer()
         # The asking socket's frames: deltas read while the last frame went out are joined.
         self._outbox = Delta()
@@ -233,6 +236,7 @@ class AnswerRun:
             state, error = Message.State.ERROR, "The server failed while streaming this answer."
         finally:
             listener.cancel()
+            self.listening.set()
             RUNNING.pop(self.message_id, None)
         try:
             await self._finish(state, error, started)
@@ -335,6 +339,7 @@ class AnswerRun:
                 if not joined:
                     await self.layer.group_add(control_group(self.conversation_id), channel)
                     joined = True
+                    self.listening.set()
                     if failing:
                         logger.warning("answer %s: control channel is back", self.message_id)
                         failing = False
@@ -361,6 +366,7 @@ class AnswerRun:
                     logger.warning("answer %s: control channel: %s", self.message_id, exc)
                 failing = self._layer_failed = True
                 joined = False
+                self.listening.set()
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
 
     def snapshot_event(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer
 
 from chat.models import Conversation, Message, Usage
 from chat.streams import RUNNING
@@ -361,6 +362,54 @@ async def test_a_tab_already_watching_gets_every_chunk_of_a_new_answer(upstream,
     end, frames = await watching.until("message.end")
     assert end["state"] == "complete"
     assert frames[0]["type"] == "message.start"
+    assert answer_text(frames) == "".join(words)
+
+
+class LateControlLayer(InMemoryChannelLayer):
+    """The in-memory layer, where an answer's control channel joins its group late: once a
+    tab has asked the answer for a snapshot, or after a second (as Redis can be slower to
+    add than another tab is to ask)."""
+
+    asked: asyncio.Event
+    joined: asyncio.Event
+
+    async def group_add(self, group: str, channel: str) -> None:
+        if group.startswith("ctl_"):
+            try:
+                await asyncio.wait_for(self.asked.wait(), 1.0)
+            except TimeoutError:
+                pass
+        await super().group_add(group, channel)
+        if group.startswith("ctl_"):
+            self.joined.set()
+
+    async def group_send(self, group: str, message: dict) -> None:
+        await super().group_send(group, message)
+        if group.startswith("ctl_") and message.get("message_id"):  # asked about the answer
+            self.asked.set()
+
+
+async def test_a_watching_tab_is_told_of_a_new_answer_only_once_the_answer_hears_its_requests(
+    upstream, alice, socket_for, settings
+):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "tests.test_consumer.LateControlLayer"}}
+    LateControlLayer.asked, LateControlLayer.joined = asyncio.Event(), asyncio.Event()
+    conversation = await database_sync_to_async(Conversation.objects.create)(user=alice)
+    asking, watching = await socket_for(alice), await socket_for(alice)
+    await watching.send(type="watch", conversation_id=conversation.id)
+    await watching.until("watching")
+
+    words = [f"{i} " for i in range(10)]
+    upstream.queue(Reply(pieces=[sse(chunk(w), done=False) for w in words] + [sse()], paced=True))
+    await asking.send(type="send", content="count", conversation_id=conversation.id)
+    await asking.until("message.start")
+    await LateControlLayer.joined.wait()
+    for _ in words:
+        upstream.next_piece()
+    await asking.until("message.end")
+    end, frames = await watching.until("message.end")
+    # Its request for a snapshot reached the answer: it has the text from the start.
+    assert end["state"] == "complete"
     assert answer_text(frames) == "".join(words)
 
 
