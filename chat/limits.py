@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from django.utils import formats, timezone
 
 from chat.billing import format_usd
-from chat.models import Budget, Message, budget_status, streams_started_after
+from chat.models import Budget, Message, Usage, budget_status, streams_started_after
+from chat.streams import end_stuck_answers
+
+MINUTE = dt.timedelta(minutes=1)
 
 
 @dataclass
@@ -30,8 +33,11 @@ def refusal_for(user, budget: Budget, now: dt.datetime | None = None) -> Refusal
     mine = Message.objects.filter(conversation__user=user)
 
     if budget.max_messages_per_minute is not None:
-        window = mine.filter(role=Message.Role.USER, created_at__gt=now - dt.timedelta(minutes=1))
-        times = list(window.order_by("-created_at").values_list("created_at", flat=True))
+        window = mine.filter(role=Message.Role.USER, created_at__gt=now - MINUTE)
+        times = list(window.values_list("created_at", flat=True))
+        # Answers of deleted conversations still count: their ledger rows stand for them.
+        gone = Usage.objects.filter(user=user, message=None, created_at__gt=now - MINUTE)
+        times = sorted([*times, *gone.values_list("created_at", flat=True)], reverse=True)
         if len(times) >= budget.max_messages_per_minute:
             # Free again when the oldest message that counts leaves the window.
             oldest = times[budget.max_messages_per_minute - 1]
@@ -44,9 +50,11 @@ def refusal_for(user, budget: Budget, now: dt.datetime | None = None) -> Refusal
             )
 
     if budget.max_concurrent_streams is not None:
-        streaming = mine.filter(
-            state=Message.State.STREAMING, created_at__gt=streams_started_after()
-        ).count()
+        rows = mine.filter(state=Message.State.STREAMING, created_at__gt=streams_started_after())
+        streaming = rows.count()
+        if streaming >= budget.max_concurrent_streams:
+            # Answers no process streams any more are ended, not counted.
+            streaming -= end_stuck_answers(rows.select_related("conversation"))
         if streaming >= budget.max_concurrent_streams:
             return Refusal(
                 "too_many_streams",

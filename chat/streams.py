@@ -10,19 +10,23 @@ requests, so Stop works from any tab in any process.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.utils import timezone
 
 from chat import frames
 from chat.billing import TOKEN_FIELDS, Price
@@ -74,6 +78,17 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
 def sweep_orphans() -> int:
     """End answers left "streaming" by dead processes as interrupted, with their usage rows.
 
@@ -83,15 +98,7 @@ def sweep_orphans() -> int:
     me = os.getpid()
 
     def alive(pid: int) -> bool:
-        if pid == me:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return pid > 0
+        return pid != me and pid_alive(pid)
 
     orphans = Message.objects.orphans(socket.gethostname(), alive, streams_started_after())
     ended = 0
@@ -100,6 +107,37 @@ def sweep_orphans() -> int:
             ended += 1
     if ended:
         logger.warning("marked %d answers of stopped processes as interrupted", ended)
+    return ended
+
+
+def streamed_nowhere(worker: str, message_id: int) -> bool:
+    """Whether no process can be streaming this answer, as far as this host can tell: it
+    belongs to this process, which does not run it, or to a process of this host that is
+    gone. (A process of another host is asked instead: see stop_answer().)"""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return message_id not in RUNNING
+    return not pid_alive(int(pid))
+
+
+# How long a stop waits for a process to say it runs the answer before ending it itself.
+STOP_REPLY_SECONDS = 5.0
+# A send's answer row is saved a moment before its run starts: younger rows are not stuck.
+STUCK_AFTER_SECONDS = 30
+
+
+def end_stuck_answers(streaming: Iterable[Message]) -> int:
+    """End, as interrupted, the answers among `streaming` that no process streams (so they
+    no longer count against the concurrency limit); how many were ended."""
+    settled = timezone.now() - dt.timedelta(seconds=STUCK_AFTER_SECONDS)
+    ended = 0
+    for message in streaming:
+        if message.created_at < settled and streamed_nowhere(message.worker, message.pk):
+            if message.interrupt_orphan() is not None:
+                logger.warning("answer %s was streamed by no process: ended", message.pk)
+                ended += 1
     return ended
 
 
@@ -134,6 +172,37 @@ async def interrupt_all(timeout: float = 10.0) -> int:
     if tasks:
         await asyncio.wait(tasks, timeout=timeout)
     return len(runs)
+
+
+@dataclass
+class SavePolicy:
+    """How an answer's final save is retried while the database fails (locked, restarting,
+    unreachable): the text and the usage wait in memory, attempts back off from
+    `first_delay` to `max_delay` seconds, and after `patience` seconds the browser is told
+    the answer is not saved yet while the attempts go on. Tests pass their own clock."""
+
+    patience: float = 60.0
+    first_delay: float = 0.1
+    max_delay: float = 10.0
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+SAVE_POLICY = SavePolicy()
+# Errors that pass: the next attempt may well succeed.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+NOT_SAVED_YET = (
+    "This answer could not be saved: the database did not answer. The server keeps "
+    "trying; reload the page later to see whether it was."
+)
+NOT_SAVABLE = "This answer could not be saved; what it cost was recorded."
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A task's exception goes to the log with its traceback, never only to "Task
+    exception was never retrieved" at garbage collection."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 class AnswerRun:
@@ -173,16 +242,19 @@ class AnswerRun:
         self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
         self._checkpointed_at = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
+        self._saving = False  # the stream ended: its final save is under way
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self.run(), name=f"answer-{self.message_id}")
+        self.task.add_done_callback(_log_failure)
         RUNNING[self.message_id] = self
         return self.task
 
     def stop(self, state: str = Message.State.STOPPED) -> None:
-        if self.task and not self.task.done() and self.end_state is None:
+        # Once the stream has ended, the save must not be cut short.
+        if self.task and not self.task.done() and self.end_state is None and not self._saving:
             self.end_state = state
             self.task.cancel()
 
@@ -193,13 +265,18 @@ class AnswerRun:
             self.origin = None
 
     async def run(self) -> None:
-        control_channel = await self.layer.new_channel()
-        await self.layer.group_add(control_group(self.conversation_id), control_channel)
-        listener = asyncio.create_task(self._listen(control_channel))
         started = time.monotonic()
         state: str = Message.State.COMPLETE
         error = ""
+        control_channel: str | None = None
+        listener: asyncio.Task[None] | None = None
         try:
+            try:
+                control_channel = await self.layer.new_channel()
+                await self.layer.group_add(control_group(self.conversation_id), control_channel)
+                listener = asyncio.create_task(self._listen(control_channel))
+            except Exception as exc:  # the layer is down: Stop works from this process only
+                logger.warning("answer %s: no control channel: %r", self.message_id, exc)
             upstream = upstream_from_settings()
             async for delta in upstream.stream(self.answer, self.model, self.history):
                 self._emit(delta)
@@ -214,12 +291,20 @@ class AnswerRun:
             logger.exception("answer %s failed", self.message_id)
             state, error = Message.State.ERROR, "The server failed while streaming this answer."
         finally:
-            listener.cancel()
-            RUNNING.pop(self.message_id, None)
+            if listener is not None:
+                listener.cancel()
+        self._saving = True
         try:
             await self._finish(state, error, started)
         finally:
-            await self.layer.group_discard(control_group(self.conversation_id), control_channel)
+            RUNNING.pop(self.message_id, None)
+            if control_channel is not None:
+                try:
+                    await self.layer.group_discard(
+                        control_group(self.conversation_id), control_channel
+                    )
+                except Exception as exc:  # its membership expires with the layer's expiry
+                    logger.warning("answer %s: leaving the control group: %r", self.message_id, exc)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -269,9 +354,12 @@ class AnswerRun:
 
     async def _save_checkpoint(self) -> None:
         """Save the text so far, so that a killed process loses at most an interval of it."""
-        await database_sync_to_async(
-            Message.objects.filter(pk=self.message_id, state=Message.State.STREAMING).update
-        )(content=self.answer.content, reasoning=self.answer.reasoning)
+        try:
+            await database_sync_to_async(
+                Message.objects.filter(pk=self.message_id, state=Message.State.STREAMING).update
+            )(content=self.answer.content, reasoning=self.answer.reasoning)
+        except Exception as exc:  # the next checkpoint, or the final save, tries again
+            logger.warning("answer %s: checkpoint not saved: %r", self.message_id, exc)
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
@@ -315,6 +403,13 @@ class AnswerRun:
             if request.get("message_id") not in (None, self.message_id):
                 continue
             if request.get("type") == "stream.stop":
+                if request.get("reply_to"):  # the stopper learns that a process runs it
+                    try:
+                        await self.layer.send(
+                            request["reply_to"], frames.stream_stopping(self.message_id)
+                        )
+                    except Exception as exc:
+                        logger.warning("answer %s: stop not acknowledged: %r", self.message_id, exc)
                 self.stop()
             elif request.get("type") == "stream.snapshot" and request.get("reply_to"):
                 self._watched = True
@@ -339,7 +434,6 @@ class AnswerRun:
         answer = self.answer
         ttft_ms = round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
         duration_ms = round((time.monotonic() - started) * 1000)
-        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
         usage_fields = usage_for(answer, self.history)
         usage_fields.update(self.price.as_fields() if self.price else {})
         usage_fields.update(
@@ -348,30 +442,156 @@ class AnswerRun:
             response_id=answer.response_id[:200],
             system_fingerprint=answer.system_fingerprint[:100],
         )
-        await database_sync_to_async(message.finish)(
-            user_id=self.user_id,
-            usage=usage_fields,
-            state=state,
-            content=answer.content,
-            reasoning=answer.reasoning,
-            error=error,
-            model=(answer.model or self.model)[:100],
-            finish_reason=answer.finish_reason[:50],
-            ttft_ms=ttft_ms,
-            duration_ms=duration_ms,
+        fields = {
+            "state": state,
+            "content": answer.content,
+            "reasoning": answer.reasoning,
+            "error": error,
+            "model": (answer.model or self.model)[:100],
+            "finish_reason": answer.finish_reason[:50],
+            "ttft_ms": ttft_ms,
+            "duration_ms": duration_ms,
+        }
+        await self._save(fields, usage_fields)
+
+    async def _save(self, fields: dict[str, Any], usage: dict[str, Any]) -> None:
+        """Save the answer and its ledger row, retrying while the database fails, and tell
+        the browser how it ended: always, saved or not (see SavePolicy)."""
+        policy = SAVE_POLICY
+        began = policy.clock()
+        delay = policy.first_delay
+        told = False
+        while True:
+            message = Message(pk=self.message_id, conversation_id=self.conversation_id)
+            try:
+                await database_sync_to_async(message.finish)(
+                    user_id=self.user_id, usage=usage, **fields
+                )
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                logger.warning(
+                    "answer %s not saved (%r): trying again in %.1f s", self.message_id, exc, delay
+                )
+            except Exception:
+                if "content" not in fields:
+                    logger.exception("answer %s could not be saved at all", self.message_id)
+                    if not told:
+                        await self._tell(self._unsaved_end(fields, usage, NOT_SAVABLE))
+                    self._log_ledger_row(usage)
+                    return
+                # Something in the answer itself: record its cost and its end without it
+                # (the text checkpointed last stays).
+                logger.exception(
+                    "answer %s could not be saved: saving its end alone", self.message_id
+                )
+                fields = {"state": Message.State.ERROR, "error": NOT_SAVABLE}
+                usage = {k: v for k, v in usage.items() if k not in ("raw_usage", "response_id")}
+                continue
+            else:
+                await self._tell(frames.message_end(message, message.usage))
+                return
+            if not told and policy.clock() - began >= policy.patience:
+                told = True
+                await self._tell(self._unsaved_end(fields, usage, NOT_SAVED_YET))
+                self._log_ledger_row(usage)
+            await policy.sleep(delay)
+            delay = min(delay * 2, policy.max_delay)
+
+    def _unsaved_end(
+        self, fields: dict[str, Any], usage: dict[str, Any], error: str
+    ) -> frames.Frame:
+        """The `message.end` of an answer not saved: state error, and the usage as known."""
+        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
+        for name, value in fields.items():
+            setattr(message, name, value)
+        message.state, message.error = Message.State.ERROR, error
+        row = Usage(outcome=message.state, model=message.model, **usage)
+        try:
+            row.price_and_cost()  # without a price from the request, one the database holds
+        except Exception:
+            row.cost_in_usd_ticks = None
+        return frames.message_end(message, row)
+
+    def _log_ledger_row(self, usage: dict[str, Any]) -> None:
+        """What the ledger row holds, in the log, while it cannot be written."""
+        logger.error(
+            "answer %s of user %s: ledger row not written yet: %s",
+            self.message_id,
+            self.user_id,
+            json.dumps(usage, default=str, sort_keys=True),
         )
-        frame = frames.message_end(message, message.usage)
+
+    async def _tell(self, frame: frames.Frame) -> None:
+        """Send `message.end` to the asking socket and to the conversation's watchers."""
         if self._send is not None:
             try:
                 await self._send(frame)
             except Exception:
+                self._send = None
                 self.origin = None
         try:
             await self.layer.group_send(
                 viewers_group(self.conversation_id), frames.chat_end(frame, self.origin)
             )
-        except Exception as exc:  # saved and sent to the asker already; watchers reload
+        except Exception as exc:  # sent to the asker already; watchers reload
             logger.warning("answer %s: could not tell the watchers: %r", self.message_id, exc)
+
+
+async def stop_answer(message_id: int, conversation_id: int) -> None:
+    """Stop an answer wherever it runs; if no process runs it, end it here as stopped, with
+    what was checkpointed and an estimate of its usage."""
+    run = RUNNING.get(message_id)
+    if run is not None:
+        run.stop()
+        return
+    message = await database_sync_to_async(
+        Message.objects.filter(pk=message_id, state=Message.State.STREAMING).first
+    )()
+    if message is None:
+        return  # it ended meanwhile
+    if not streamed_nowhere(message.worker, message_id):
+        # Another process may run it: ask, and take silence for "nobody".
+        layer = channel_layer()
+        try:
+            reply_to = await layer.new_channel()
+            await layer.group_send(
+                control_group(conversation_id), frames.stream_stop(message_id, reply_to)
+            )
+            async with asyncio.timeout(STOP_REPLY_SECONDS):
+                await layer.receive(reply_to)
+            return
+        except TimeoutError:
+            logger.warning("answer %s: no process answered its stop", message_id)
+        except Exception as exc:
+            logger.warning("answer %s: could not ask who runs it: %r", message_id, exc)
+    await end_abandoned(message, Message.State.STOPPED)
+
+
+async def end_abandoned(message: Message, state: str) -> None:
+    """End an answer no process streams, and tell the conversation's watchers."""
+    usage = await database_sync_to_async(message.end_abandoned)(state)
+    if usage is None:
+        return  # ended meanwhile, by its run or another stopper
+    frame = frames.message_end(message, usage)
+    try:
+        await channel_layer().group_send(
+            viewers_group(message.conversation_id), frames.chat_end(frame, None)
+        )
+    except Exception as exc:
+        logger.warning("answer %s: could not tell the watchers: %r", message.pk, exc)
+
+
+async def stop_answers(conversation_id: int, message_ids: list[int], wait: float = 10.0) -> None:
+    """Stop the conversation's streaming answers (before it is deleted), and give those of
+    this process up to `wait` seconds to save how they ended."""
+    for message_id in message_ids:
+        await stop_answer(message_id, conversation_id)
+    tasks = [
+        run.task
+        for message_id in message_ids
+        if (run := RUNNING.get(message_id)) is not None and run.task is not None
+    ]
+    if tasks:
+        await asyncio.wait(tasks, timeout=wait)
 
 
 def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
