@@ -474,9 +474,9 @@ class AnswerRun:
             except Exception:
                 if "content" not in fields:
                     logger.exception("answer %s could not be saved at all", self.message_id)
+                    self._log_ledger_row(usage)
                     if not told:
                         await self._tell(self._unsaved_end(fields, usage, NOT_SAVABLE))
-                    self._log_ledger_row(usage)
                     return
                 # Something in the answer itself: record its cost and its end without it
                 # (the text checkpointed last stays).
@@ -491,8 +491,8 @@ class AnswerRun:
                 return
             if not told and policy.clock() - began >= policy.patience:
                 told = True
-                await self._tell(self._unsaved_end(fields, usage, NOT_SAVED_YET))
                 self._log_ledger_row(usage)
+                await self._tell(self._unsaved_end(fields, usage, NOT_SAVED_YET))
             await policy.sleep(delay)
             delay = min(delay * 2, policy.max_delay)
 
@@ -580,18 +580,11 @@ async def end_abandoned(message: Message, state: str) -> None:
         logger.warning("answer %s: could not tell the watchers: %r", message.pk, exc)
 
 
-async def stop_answers(conversation_id: int, message_ids: list[int], wait: float = 10.0) -> None:
-    """Stop the conversation's streaming answers (before it is deleted), and give those of
-    this process up to `wait` seconds to save how they ended."""
+async def stop_answers(conversation_id: int, message_ids: list[int]) -> None:
+    """Stop the conversation's streaming answers, before it is deleted. (Their runs save
+    how they ended on their own; a deletion meanwhile only unlinks their ledger rows.)"""
     for message_id in message_ids:
         await stop_answer(message_id, conversation_id)
-    tasks = [
-        run.task
-        for message_id in message_ids
-        if (run := RUNNING.get(message_id)) is not None and run.task is not None
-    ]
-    if tasks:
-        await asyncio.wait(tasks, timeout=wait)
 
 
 def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
