@@ -153,7 +153,9 @@ class Message(models.Model):
         # Locked as Conversation.delete() locks it: a deletion waits for this save or
         # happens before it, never between its reads and its writes.
         kept = (
-            Conversation.objects.select_for_update().filter(pk=self.conversation_id).exists()
+            Conversation.objects.select_for_update(no_key=True)
+            .filter(pk=self.conversation_id)
+            .exists()
             and Message.objects.filter(pk=self.pk).update(**fields) > 0
         )
         if user_id is not None and not get_user_model().objects.filter(pk=user_id).exists():

@@ -171,6 +171,9 @@ async def interrupt_all(timeout: float = 10.0) -> int:
     tasks = [run.task for run in runs if run.task is not None]
     if tasks:
         await asyncio.wait(tasks, timeout=timeout)
+    for run in runs:  # the database still fails: their figures at least reach the log
+        if run.unsaved is not None:
+            run.log_ledger_row(run.unsaved)
     return len(runs)
 
 
@@ -243,6 +246,7 @@ class AnswerRun:
         self._checkpointed_at = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
         self._saving = False  # the stream ended: its final save is under way
+        self.unsaved: dict[str, Any] | None = None  # its ledger row while not saved
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -363,7 +367,7 @@ class AnswerRun:
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
-        asyncio.create_task(self._flush())
+        asyncio.create_task(self._flush()).add_done_callback(_log_failure)
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, Delta()
@@ -458,6 +462,7 @@ class AnswerRun:
         """Save the answer and its ledger row, retrying while the database fails, and tell
         the browser how it ended: always, saved or not (see SavePolicy)."""
         policy = SAVE_POLICY
+        self.unsaved = usage
         began = policy.clock()
         delay = policy.first_delay
         told = False
@@ -474,7 +479,7 @@ class AnswerRun:
             except Exception:
                 if "content" not in fields:
                     logger.exception("answer %s could not be saved at all", self.message_id)
-                    self._log_ledger_row(usage)
+                    self.log_ledger_row(usage)
                     if not told:
                         await self._tell(self._unsaved_end(fields, usage, NOT_SAVABLE))
                     return
@@ -485,13 +490,15 @@ class AnswerRun:
                 )
                 fields = {"state": Message.State.ERROR, "error": NOT_SAVABLE}
                 usage = {k: v for k, v in usage.items() if k not in ("raw_usage", "response_id")}
+                self.unsaved = usage
                 continue
             else:
+                self.unsaved = None
                 await self._tell(frames.message_end(message, message.usage))
                 return
             if not told and policy.clock() - began >= policy.patience:
                 told = True
-                self._log_ledger_row(usage)
+                self.log_ledger_row(usage)
                 await self._tell(self._unsaved_end(fields, usage, NOT_SAVED_YET))
             await policy.sleep(delay)
             delay = min(delay * 2, policy.max_delay)
@@ -505,13 +512,14 @@ class AnswerRun:
             setattr(message, name, value)
         message.state, message.error = Message.State.ERROR, error
         row = Usage(outcome=message.state, model=message.model, **usage)
-        try:
-            row.price_and_cost()  # without a price from the request, one the database holds
-        except Exception:
-            row.cost_in_usd_ticks = None
+        if row.price() is not None:
+            row.price_and_cost()
+        elif row.reported_cost_ticks is not None:  # (other prices are in the database)
+            row.cost_in_usd_ticks = row.reported_cost_ticks
+            row.cost_source = Usage.CostSource.REPORTED
         return frames.message_end(message, row)
 
-    def _log_ledger_row(self, usage: dict[str, Any]) -> None:
+    def log_ledger_row(self, usage: dict[str, Any]) -> None:
         """What the ledger row holds, in the log, while it cannot be written."""
         logger.error(
             "answer %s of user %s: ledger row not written yet: %s",

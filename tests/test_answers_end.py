@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import sqlite3
 from typing import Any
 
 import pytest
@@ -351,3 +352,25 @@ async def test_a_run_that_finds_its_answer_ended_by_another_corrects_the_one_led
     assert (row.pk, row.source, row.total_tokens) == (estimate.pk, "reported", 19)
     days = await _days()
     assert (days["requests"], days["total_tokens"], days["estimated"]) == (1, 19, 0)
+
+
+async def test_a_really_locked_sqlite_database_is_waited_for(upstream, alice, socket_for, clock):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's own lock (PostgreSQL waits for locks instead of failing)")
+    upstream.queue(paced("Hello ", "world"))
+    socket = await socket_for(alice)
+    start = await _start(socket)
+    # Another connection to the test database writes to the ledger's daily totals and keeps
+    # its transaction open: SQLite refuses the answer's save with "table is locked".
+    locker = sqlite3.connect(connection.settings_dict["NAME"], uri=True, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    locker.execute("UPDATE chat_usageday SET requests = requests")
+    clock.at.append((25.0, lambda: locker.execute("ROLLBACK")))
+    try:
+        release(upstream)
+        end, _ = await socket.until("message.end")
+    finally:
+        locker.close()
+    assert end["state"] == "complete" and len(clock.sleeps) >= 5
+    [row] = await _ledger()
+    assert (row.answer_id, row.total_tokens) == (start["message"]["id"], 19)
