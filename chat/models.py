@@ -512,7 +512,11 @@ class UsageDay(models.Model):
         }
         counters = {name: sign * value for name, value in cls.counters(row).items()}
         increments = {name: F(name) + value for name, value in counters.items()}
-        if cls.objects.filter(**key).update(**increments) or sign < 0:
+        days = cls.objects.filter(**key)
+        if row.user_id is None:
+            # Deleted users' days can be several rows (NULLs are distinct): add to one.
+            days = days.filter(pk=days.values_list("pk", flat=True).first())
+        if days.update(**increments) or sign < 0:
             return
         try:
             with transaction.atomic():

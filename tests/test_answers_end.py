@@ -375,3 +375,27 @@ async def test_a_really_locked_sqlite_database_is_waited_for(upstream, alice, so
     assert end["state"] == "complete" and len(clock.sleeps) >= 5
     [row] = await _ledger()
     assert (row.answer_id, row.total_tokens) == (start["message"]["id"], 19)
+
+
+def test_the_days_of_deleted_users_add_each_request_once(alice, bob, django_user_model):
+    # Two deleted users leave two days without a user; a third one's late answer adds to
+    # one of them, not to both.
+    carol = django_user_model.objects.create_user("carol", password="carol-password-1")
+    answers = {}
+    for user in (alice, bob, carol):
+        _, answers[user.pk] = Conversation.objects.create(user=user).start_answer("hi", "grok-4")
+    for user in (alice, bob):
+        answers[user.pk].finish(user_id=user.pk, usage={"total_tokens": 10}, state="complete")
+    late, carol_id = answers[carol.pk], carol.pk
+    for user in (alice, bob, carol):
+        user.delete()
+    late.finish(user_id=carol_id, usage={"total_tokens": 5}, state="complete")
+
+    assert UsageDay.objects.filter(user=None).count() == 2
+    sums = UsageDay.objects.all().sums()
+    assert (sums["requests"], sums["total_tokens"]) == (3, 25)
+    assert list(Usage.objects.values_list("user", "message", "total_tokens")) == [
+        (None, None, 10),
+        (None, None, 10),
+        (None, None, 5),
+    ]
