@@ -207,7 +207,7 @@ class UsageDayAdmin(ReadOnlyAdmin):
 
     @admin.display(description="User", ordering="user__username")
     def username(self, obj: UsageDay) -> str:
-        return obj.user.get_username()
+        return obj.user.get_username() if obj.user is not None else reports.DELETED_USER
 
     @admin.display(description="Cost (USD)", ordering="cost_in_usd_ticks")
     def cost(self, obj: UsageDay) -> str:
@@ -251,8 +251,8 @@ class UsageDayAdmin(ReadOnlyAdmin):
         if export:
             name = f"usage-{period.start}-to-{period.end}.csv" if period else "usage.csv"
             rows = (
-                [day.isoformat(), *values, reports.usd(cost)]
-                for day, *values, cost in days.values_list(*self.csv_fields).iterator(2000)
+                [day.isoformat(), user or reports.DELETED_USER, *values, reports.usd(cost)]
+                for day, user, *values, cost in days.values_list(*self.csv_fields).iterator(2000)
             )
             return reports.csv_response(name, self.csv_header, rows)
         query = request.GET.copy()

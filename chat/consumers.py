@@ -28,6 +28,7 @@ from chat.streams import (
     AnswerRun,
     channel_layer,
     control_group,
+    stop_answer,
     viewers_group,
 )
 
@@ -315,13 +316,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         conversation_id = await self._streaming_answer_conversation(message_id)
         if conversation_id is None:
             raise Refused("not_found", "No such answer.", message_id=message_id)
-        run = RUNNING.get(message_id)
-        if run is not None:
-            run.stop()
-        else:
-            await self.channel_layer.group_send(
-                control_group(conversation_id), frames.stream_stop(message_id)
-            )
+        await stop_answer(message_id, conversation_id)
 
     # -- helpers ---------------------------------------------------------------------
 

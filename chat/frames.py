@@ -164,9 +164,18 @@ def chat_end(frame: Frame, origin: str | None) -> Frame:
     return {"type": "chat.end", "frame": frame, "origin": origin}
 
 
-def stream_stop(message_id: int) -> Frame:
-    """To a conversation's running answers: the one with `message_id` stops."""
-    return {"type": "stream.stop", "message_id": message_id}
+def stream_stop(message_id: int, reply_to: str | None = None) -> Frame:
+    """To a conversation's running answers: the one with `message_id` stops (and tells
+    `reply_to` with stream.stopping that it does)."""
+    request: Frame = {"type": "stream.stop", "message_id": message_id}
+    if reply_to is not None:
+        request["reply_to"] = reply_to
+    return request
+
+
+def stream_stopping(message_id: int) -> Frame:
+    """From a running answer to whoever asked it to stop: it runs, and stops."""
+    return {"type": "stream.stopping", "message_id": message_id}
 
 
 def stream_snapshot(reply_to: str, message_id: int | None = None) -> Frame:

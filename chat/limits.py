@@ -25,10 +25,11 @@ from django.db import DatabaseError, transaction
 from django.utils import formats, timezone
 
 from chat.billing import format_usd
-from chat.models import Budget, Message, OpenSocket, budget_status, streams_started_after
-from chat.streams import process_alive, worker_id
+from chat.models import Budget, Message, OpenSocket, Usage, budget_status, streams_started_after
+from chat.streams import end_stuck_answers, process_alive, worker_id
 
 logger = logging.getLogger(__name__)
+MINUTE = dt.timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,14 @@ def refusal_for(user, limits: Limits, now: dt.datetime | None = None) -> Refusal
     per_minute = limits.messages_per_minute
     if per_minute is not None:
         window = mine.filter(
-            role=Message.Role.USER,
-            created_at__gt=now - dt.timedelta(minutes=1),
-            created_at__lte=now,
+            role=Message.Role.USER, created_at__gt=now - MINUTE, created_at__lte=now
         )
-        times = list(window.order_by("-created_at").values_list("created_at", flat=True))
+        times = list(window.values_list("created_at", flat=True))
+        # Answers of deleted conversations still count: their ledger rows stand for them.
+        gone = Usage.objects.filter(
+            user=user, message=None, created_at__gt=now - MINUTE, created_at__lte=now
+        )
+        times = sorted([*times, *gone.values_list("created_at", flat=True)], reverse=True)
         if len(times) >= per_minute:
             # Free again when the oldest message that counts leaves the window.
             oldest = times[per_minute - 1]
@@ -101,9 +105,11 @@ def refusal_for(user, limits: Limits, now: dt.datetime | None = None) -> Refusal
 
     at_once = limits.concurrent_answers
     if at_once is not None:
-        streaming = mine.filter(
-            state=Message.State.STREAMING, created_at__gt=streams_started_after()
-        ).count()
+        rows = mine.filter(state=Message.State.STREAMING, created_at__gt=streams_started_after())
+        streaming = rows.count()
+        if streaming >= at_once:
+            # Answers no process streams any more are ended, not counted.
+            streaming -= end_stuck_answers(rows.select_related("conversation"))
         if streaming >= at_once:
             return Refusal(
                 "too_many_streams",

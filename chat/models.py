@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, models, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
@@ -38,6 +39,13 @@ class Conversation(models.Model):
     def title_from(text: str) -> str:
         words = " ".join(text.split())
         return (words[:60] + "…") if len(words) > 60 else (words or "New chat")
+
+    @transaction.atomic
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        # Locked first, as Message.finish() locks it: an answer saving now either lands
+        # before the deletion (which then unlinks its ledger row) or finds it gone.
+        Conversation.objects.select_for_update().filter(pk=self.pk).exists()
+        return super().delete(*args, **kwargs)
 
     def touch(self) -> None:
         self.updated_at = timezone.now()
@@ -133,15 +141,30 @@ class Message(models.Model):
         return f"{self.role}: {self.content[:50]}"
 
     @transaction.atomic
-    def finish(self, *, user_id: int, usage: dict[str, Any], **fields: Any) -> Usage:
-        """Save the answer's final state and its one usage row, together."""
+    def finish(self, *, user_id: int | None, usage: dict[str, Any], **fields: Any) -> Usage:
+        """Save the answer's final state and its one ledger row, together.
+
+        The ledger row lands whatever became of what it describes: a deleted conversation
+        or user leaves it without those links, and a row already written for this answer
+        (an estimate, by a process that took it for abandoned) is corrected, not doubled.
+        """
         for name, value in fields.items():
             setattr(self, name, value)
-        self.save(update_fields=list(fields))
+        # Locked as Conversation.delete() locks it: a deletion waits for this save or
+        # happens before it, never between its reads and its writes.
+        kept = (
+            Conversation.objects.select_for_update(no_key=True)
+            .filter(pk=self.conversation_id)
+            .exists()
+            and Message.objects.filter(pk=self.pk).update(**fields) > 0
+        )
+        if user_id is not None and not get_user_model().objects.filter(pk=user_id).exists():
+            user_id = None  # deleted while the answer streamed
         row = Usage(
             user_id=user_id,
-            conversation_id=self.conversation_id,
-            message=self,
+            conversation_id=self.conversation_id if kept else None,
+            message=self if kept else None,
+            answer_id=self.pk,
             outcome=self.state,
             model=self.model,
             finish_reason=self.finish_reason,
@@ -150,32 +173,40 @@ class Message(models.Model):
             **usage,
         )
         row.price_and_cost()
+        earlier = Usage.objects.select_for_update().filter(answer_id=self.pk).first()
+        if earlier is not None:
+            UsageDay.add(earlier, sign=-1)
+            row.pk, row.created_at = earlier.pk, earlier.created_at
         row.save()
         UsageDay.add(row)
         self.usage = row
         return row
 
     @transaction.atomic
-    def interrupt_orphan(self) -> Usage | None:
-        """End an answer whose process died: what was checkpointed, with an estimate.
+    def end_abandoned(self, state: str, error: str = "") -> Usage | None:
+        """End an answer that no process streams any more: what was checkpointed, with
+        an estimate of its usage (the process that streamed it, if it still lives, later
+        corrects both).
 
-        None if another process ended it first (the claim below lets only one write).
+        None if it was no longer streaming (the claim below lets only one end it).
         """
         claimed = Message.objects.filter(pk=self.pk, state=Message.State.STREAMING).update(
-            state=Message.State.INTERRUPTED
+            state=state
         )
         if not claimed:
             return None
+        self.refresh_from_db()
         prompt = [turn["content"] for turn in self.conversation.history(before=self.pk)]
         usage = {
             **Usage.estimated_fields(prompt, self.content, self.reasoning),
             "requested_model": self.model,
         }
-        return self.finish(
-            user_id=self.conversation.user_id,
-            usage=usage,
-            state=Message.State.INTERRUPTED,
-            error="The server stopped while this answer was streaming.",
+        return self.finish(user_id=self.conversation.user_id, usage=usage, state=state, error=error)
+
+    def interrupt_orphan(self) -> Usage | None:
+        """End an answer whose process died (see end_abandoned)."""
+        return self.end_abandoned(
+            Message.State.INTERRUPTED, "The server stopped while this answer was streaming."
         )
 
 
@@ -325,10 +356,17 @@ class Usage(models.Model):
         COMPUTED = "computed", "tokens at the stored price"
         UNPRICED = "unpriced", "no price known for this model"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="usage")
+    # A ledger row outlives what it describes: deleting a user, a conversation or a message
+    # unlinks it (the report shows "deleted user"), never deletes billing history.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
     conversation = models.ForeignKey(Conversation, models.SET_NULL, null=True, blank=True)
     message = models.OneToOneField(
         Message, models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
+    answer_id = models.BigIntegerField(
+        null=True, blank=True, unique=True, help_text="the answer's id, kept when it is deleted"
     )
     created_at = models.DateTimeField(default=timezone.now)
     api_style = models.CharField(max_length=30, default="chat_completions")
@@ -472,7 +510,9 @@ class UsageDay(models.Model):
     """
 
     day = models.DateField()
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     model = models.CharField(max_length=100)
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
@@ -505,15 +545,20 @@ class UsageDay(models.Model):
         }
 
     @classmethod
-    def add(cls, row: Usage) -> None:
+    def add(cls, row: Usage, sign: int = 1) -> None:
+        """Add a ledger row to its day (sign -1: take a row that is being corrected out)."""
         key = {
             "day": timezone.localdate(row.created_at),
             "user_id": row.user_id,
             "model": row.model or row.requested_model,
         }
-        counters = cls.counters(row)
+        counters = {name: sign * value for name, value in cls.counters(row).items()}
         increments = {name: F(name) + value for name, value in counters.items()}
-        if cls.objects.filter(**key).update(**increments):
+        days = cls.objects.filter(**key)
+        if row.user_id is None:
+            # Deleted users' days can be several rows (NULLs are distinct): add to one.
+            days = days.filter(pk=days.values_list("pk", flat=True).first())
+        if days.update(**increments) or sign < 0:
             return
         try:
             with transaction.atomic():

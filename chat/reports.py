@@ -314,6 +314,9 @@ def chart_for(
 
 # ------------------------------------------------------------------ budgets
 
+# How reports name the users whose accounts were deleted (their usage stays, unlinked).
+DELETED_USER = "(deleted user)"
+
 
 @dataclass
 class BudgetLine:
@@ -357,7 +360,7 @@ def budget_watch() -> tuple[list[BudgetLine], Budget | None]:
         spent = UsageDay.objects.filter(day__gte=start).grouped("user_id", "user__username")
         for row in spent.order_by():
             budget = own.get(row["user_id"], default)
-            if budget is None or budget.period != period:
+            if budget is None or budget.period != period or row["user_id"] is None:
                 continue
             status = budget.status({key: row[key] or 0 for key in USAGE_SUMS})
             if not (status.near or status.over):
@@ -396,9 +399,12 @@ def report_context(days: UsageDayQuerySet, period: Period | None) -> dict[str, A
     users = [
         {
             **row,
-            "label": row["user__username"],
-            "url": reverse("admin_usage_user", args=[row["user_id"]]) + link,
-            "data": {"username": row["user__username"], "user-id": row["user_id"]},
+            "label": row["user__username"] or DELETED_USER,
+            # Deleted users' rows stay, together and without a drill-down.
+            "url": reverse("admin_usage_user", args=[row["user_id"]]) + link
+            if row["user_id"] is not None
+            else "",
+            "data": {"username": row["user__username"] or "", "user-id": row["user_id"] or ""},
         }
         for row in days.grouped("user_id", "user__username").order_by("user__username")
     ]

@@ -10,19 +10,22 @@ requests, so Stop works from any tab in any process.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -117,6 +120,37 @@ def sweep_orphans() -> int:
     return ended
 
 
+def streamed_nowhere(worker: str, message_id: int) -> bool:
+    """Whether no process can be streaming this answer, as far as this host can tell: it
+    belongs to this process, which does not run it, or to a process of this host that is
+    gone. (A process of another host is asked instead: see stop_answer().)"""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return message_id not in RUNNING
+    return not process_alive(int(pid))
+
+
+# How long a stop waits for a process to say it runs the answer before ending it itself.
+STOP_REPLY_SECONDS = 5.0
+# A send's answer row is saved a moment before its run starts: younger rows are not stuck.
+STUCK_AFTER_SECONDS = 30
+
+
+def end_stuck_answers(streaming: Iterable[Message]) -> int:
+    """End, as interrupted, the answers among `streaming` that no process streams (so they
+    no longer count against the concurrency limit); how many were ended."""
+    settled = timezone.now() - dt.timedelta(seconds=STUCK_AFTER_SECONDS)
+    ended = 0
+    for message in streaming:
+        if message.created_at < settled and streamed_nowhere(message.worker, message.pk):
+            if message.interrupt_orphan() is not None:
+                logger.warning("answer %s was streamed by no process: ended", message.pk)
+                ended += 1
+    return ended
+
+
 def on_server_start() -> None:
     """Called once by chatsite.asgi in each server process, before it serves anything."""
     try:
@@ -151,7 +185,41 @@ async def interrupt_all(timeout: float = 10.0) -> int:
     tasks = [run.task for run in runs if run.task is not None]
     if tasks:
         await asyncio.wait(tasks, timeout=timeout)
+    for run in runs:  # the database still fails: their figures at least reach the log
+        if run.unsaved is not None:
+            run.log_ledger_row(run.unsaved)
     return len(runs)
+
+
+@dataclass
+class SavePolicy:
+    """How an answer's final save is retried while the database fails (locked, restarting,
+    unreachable): the text and the usage wait in memory, attempts back off from
+    `first_delay` to `max_delay` seconds, and after `patience` seconds the browser is told
+    the answer is not saved yet while the attempts go on. Tests pass their own clock."""
+
+    patience: float = 60.0
+    first_delay: float = 0.1
+    max_delay: float = 10.0
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+SAVE_POLICY = SavePolicy()
+# Errors that pass: the next attempt may well succeed.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+NOT_SAVED_YET = (
+    "This answer could not be saved: the database did not answer. The server keeps "
+    "trying; reload the page later to see whether it was."
+)
+NOT_SAVABLE = "This answer could not be saved; what it cost was recorded."
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A task's exception goes to the log with its traceback, never only to "Task
+    exception was never retrieved" at garbage collection."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("task %s failed", task.get_name(), exc_info=task.exception())
 
 
 class AnswerRun:
@@ -195,16 +263,20 @@ class AnswerRun:
         self._checkpointed_at = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
         self._layer_failed = False  # Redis failed while this answer streamed
+        self._saving = False  # the stream ended: its final save is under way
+        self.unsaved: dict[str, Any] | None = None  # its ledger row while not saved
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self.run(), name=f"answer-{self.message_id}")
+        self.task.add_done_callback(_log_failure)
         RUNNING[self.message_id] = self
         return self.task
 
     def stop(self, state: str = Message.State.STOPPED) -> None:
-        if self.task and not self.task.done() and self.end_state is None:
+        # Once the stream has ended, the save must not be cut short.
+        if self.task and not self.task.done() and self.end_state is None and not self._saving:
             self.end_state = state
             self.task.cancel()
 
@@ -215,6 +287,7 @@ class AnswerRun:
             self.origin = None
 
     async def run(self) -> None:
+        # (A channel's name is made here: no round trip to Redis. The listener joins.)
         control_channel = await self.layer.new_channel()
         listener = asyncio.create_task(self._listen(control_channel))
         started = time.monotonic()
@@ -237,14 +310,15 @@ class AnswerRun:
         finally:
             listener.cancel()
             self.listening.set()
-            RUNNING.pop(self.message_id, None)
+        self._saving = True
         try:
             await self._finish(state, error, started)
         finally:
+            RUNNING.pop(self.message_id, None)
             try:
                 await self.layer.group_discard(control_group(self.conversation_id), control_channel)
-            except LAYER_ERRORS as exc:  # the membership expires with the channel
-                logger.warning("answer %s: control channel: %s", self.message_id, exc)
+            except Exception as exc:  # its membership expires with the layer's expiry
+                logger.warning("answer %s: leaving the control group: %r", self.message_id, exc)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -294,13 +368,16 @@ class AnswerRun:
 
     async def _save_checkpoint(self) -> None:
         """Save the text so far, so that a killed process loses at most an interval of it."""
-        await database_sync_to_async(
-            Message.objects.filter(pk=self.message_id, state=Message.State.STREAMING).update
-        )(content=self.answer.content, reasoning=self.answer.reasoning)
+        try:
+            await database_sync_to_async(
+                Message.objects.filter(pk=self.message_id, state=Message.State.STREAMING).update
+            )(content=self.answer.content, reasoning=self.answer.reasoning)
+        except Exception as exc:  # the next checkpoint, or the final save, tries again
+            logger.warning("answer %s: checkpoint not saved: %r", self.message_id, exc)
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
-        asyncio.create_task(self._flush())
+        asyncio.create_task(self._flush()).add_done_callback(_log_failure)
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, Delta()
@@ -354,6 +431,10 @@ class AnswerRun:
                 if request.get("message_id") not in (None, self.message_id):
                     continue
                 if request.get("type") == "stream.stop":
+                    if request.get("reply_to"):  # the stopper learns that a process runs it
+                        await self.layer.send(
+                            request["reply_to"], frames.stream_stopping(self.message_id)
+                        )
                     self.stop()
                 elif request.get("type") == "stream.snapshot" and request.get("reply_to"):
                     self._watched = True
@@ -388,7 +469,6 @@ class AnswerRun:
         answer = self.answer
         ttft_ms = round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
         duration_ms = round((time.monotonic() - started) * 1000)
-        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
         usage_fields = usage_for(answer, self.history)
         usage_fields.update(self.price.as_fields() if self.price else {})
         usage_fields.update(
@@ -397,23 +477,95 @@ class AnswerRun:
             response_id=answer.response_id[:200],
             system_fingerprint=answer.system_fingerprint[:100],
         )
-        await database_sync_to_async(message.finish)(
-            user_id=self.user_id,
-            usage=usage_fields,
-            state=state,
-            content=answer.content,
-            reasoning=answer.reasoning,
-            error=error,
-            model=(answer.model or self.model)[:100],
-            finish_reason=answer.finish_reason[:50],
-            ttft_ms=ttft_ms,
-            duration_ms=duration_ms,
+        fields = {
+            "state": state,
+            "content": answer.content,
+            "reasoning": answer.reasoning,
+            "error": error,
+            "model": (answer.model or self.model)[:100],
+            "finish_reason": answer.finish_reason[:50],
+            "ttft_ms": ttft_ms,
+            "duration_ms": duration_ms,
+        }
+        await self._save(fields, usage_fields)
+
+    async def _save(self, fields: dict[str, Any], usage: dict[str, Any]) -> None:
+        """Save the answer and its ledger row, retrying while the database fails, and tell
+        the browser how it ended: always, saved or not (see SavePolicy)."""
+        policy = SAVE_POLICY
+        self.unsaved = usage
+        began = policy.clock()
+        delay = policy.first_delay
+        told = False
+        while True:
+            message = Message(pk=self.message_id, conversation_id=self.conversation_id)
+            try:
+                await database_sync_to_async(message.finish)(
+                    user_id=self.user_id, usage=usage, **fields
+                )
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                logger.warning(
+                    "answer %s not saved (%r): trying again in %.1f s", self.message_id, exc, delay
+                )
+            except Exception:
+                if "content" not in fields:
+                    logger.exception("answer %s could not be saved at all", self.message_id)
+                    self.log_ledger_row(usage)
+                    if not told:
+                        await self._tell(self._unsaved_end(fields, usage, NOT_SAVABLE))
+                    return
+                # Something in the answer itself: record its cost and its end without it
+                # (the text checkpointed last stays).
+                logger.exception(
+                    "answer %s could not be saved: saving its end alone", self.message_id
+                )
+                fields = {"state": Message.State.ERROR, "error": NOT_SAVABLE}
+                usage = {k: v for k, v in usage.items() if k not in ("raw_usage", "response_id")}
+                self.unsaved = usage
+                continue
+            else:
+                self.unsaved = None
+                await self._tell(frames.message_end(message, message.usage))
+                return
+            if not told and policy.clock() - began >= policy.patience:
+                told = True
+                self.log_ledger_row(usage)
+                await self._tell(self._unsaved_end(fields, usage, NOT_SAVED_YET))
+            await policy.sleep(delay)
+            delay = min(delay * 2, policy.max_delay)
+
+    def _unsaved_end(
+        self, fields: dict[str, Any], usage: dict[str, Any], error: str
+    ) -> frames.Frame:
+        """The `message.end` of an answer not saved: state error, and the usage as known."""
+        message = Message(pk=self.message_id, conversation_id=self.conversation_id)
+        for name, value in fields.items():
+            setattr(message, name, value)
+        message.state, message.error = Message.State.ERROR, error
+        row = Usage(outcome=message.state, model=message.model, **usage)
+        if row.price() is not None:
+            row.price_and_cost()
+        elif row.reported_cost_ticks is not None:  # (other prices are in the database)
+            row.cost_in_usd_ticks = row.reported_cost_ticks
+            row.cost_source = Usage.CostSource.REPORTED
+        return frames.message_end(message, row)
+
+    def log_ledger_row(self, usage: dict[str, Any]) -> None:
+        """What the ledger row holds, in the log, while it cannot be written."""
+        logger.error(
+            "answer %s of user %s: ledger row not written yet: %s",
+            self.message_id,
+            self.user_id,
+            json.dumps(usage, default=str, sort_keys=True),
         )
-        frame = frames.message_end(message, message.usage)
+
+    async def _tell(self, frame: frames.Frame) -> None:
+        """Send `message.end` to the asking socket and to the conversation's watchers."""
         if self._send is not None:
             try:
                 await self._send(frame)
             except Exception:
+                self._send = None
                 self.origin = None
         try:
             if self._layer_failed and self._send is None:
@@ -425,8 +577,59 @@ class AnswerRun:
             await self.layer.group_send(
                 viewers_group(self.conversation_id), frames.chat_end(frame, self.origin)
             )
-        except Exception as exc:  # saved and sent to the asker already; watchers reload
+        except Exception as exc:  # sent to the asker already; watchers reload
             logger.warning("answer %s: could not tell the watchers: %r", self.message_id, exc)
+
+
+async def stop_answer(message_id: int, conversation_id: int) -> None:
+    """Stop an answer wherever it runs; if no process runs it, end it here as stopped, with
+    what was checkpointed and an estimate of its usage."""
+    run = RUNNING.get(message_id)
+    if run is not None:
+        run.stop()
+        return
+    message = await database_sync_to_async(
+        Message.objects.filter(pk=message_id, state=Message.State.STREAMING).first
+    )()
+    if message is None:
+        return  # it ended meanwhile
+    if not streamed_nowhere(message.worker, message_id):
+        # Another process may run it: ask, and take silence for "nobody".
+        layer = channel_layer()
+        try:
+            reply_to = await layer.new_channel()
+            await layer.group_send(
+                control_group(conversation_id), frames.stream_stop(message_id, reply_to)
+            )
+            async with asyncio.timeout(STOP_REPLY_SECONDS):
+                await layer.receive(reply_to)
+            return
+        except TimeoutError:
+            logger.warning("answer %s: no process answered its stop", message_id)
+        except Exception as exc:
+            logger.warning("answer %s: could not ask who runs it: %r", message_id, exc)
+    await end_abandoned(message, Message.State.STOPPED)
+
+
+async def end_abandoned(message: Message, state: str) -> None:
+    """End an answer no process streams, and tell the conversation's watchers."""
+    usage = await database_sync_to_async(message.end_abandoned)(state)
+    if usage is None:
+        return  # ended meanwhile, by its run or another stopper
+    frame = frames.message_end(message, usage)
+    try:
+        await channel_layer().group_send(
+            viewers_group(message.conversation_id), frames.chat_end(frame, None)
+        )
+    except Exception as exc:
+        logger.warning("answer %s: could not tell the watchers: %r", message.pk, exc)
+
+
+async def stop_answers(conversation_id: int, message_ids: list[int]) -> None:
+    """Stop the conversation's streaming answers, before it is deleted. (Their runs save
+    how they ended on their own; a deletion meanwhile only unlinks their ledger rows.)"""
+    for message_id in message_ids:
+        await stop_answer(message_id, conversation_id)
 
 
 def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:

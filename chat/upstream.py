@@ -228,7 +228,7 @@ def is_credit_exhaustion(text: str) -> bool:
 
 def describe_status(status: int, body_text: str) -> UpstreamError:
     try:
-        body = json.loads(body_text) if body_text else None
+        body = parse_json(body_text) if body_text else None
     except ValueError:
         body = None
     code, text = error_text(body)
@@ -272,11 +272,42 @@ def _object(event: ServerSentEvent) -> dict[str, Any] | None:
 
 
 def _loads(data: str) -> Any:
-    try:
-        return orjson.loads(data)  # a quarter of json's time, and this runs for every chunk
-    except orjson.JSONDecodeError:
-        # What orjson refuses and Python accepts (a lone surrogate, NaN) reads as before.
-        return json.loads(data)
+    if "\\u0000" not in data:  # (orjson reads NUL escapes, which no database saves)
+        try:
+            return orjson.loads(data)  # a quarter of json's time, and this runs for every chunk
+        except orjson.JSONDecodeError:
+            pass
+    # What orjson refuses and Python accepts (a lone surrogate, NaN) reads as before.
+    return parse_json(data)
+
+
+# A lone surrogate (half of a pair) and NUL: neither UTF-8 nor PostgreSQL text holds them.
+UNENCODABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """`text` with what no database can save replaced by U+FFFD.
+
+    Lone surrogates come only from JSON escapes: none of the recorded upstreams escapes
+    non-ASCII text (they send UTF-8, which cannot hold a surrogate), so a pair split
+    across two chunks is not something to join; each half is replaced.
+    """
+    return UNENCODABLE.sub("\ufffd", text)
+
+
+def _encodable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, list):
+        return [_encodable_json(item) for item in value]
+    if isinstance(value, dict):
+        return {encodable(key): _encodable_json(item) for key, item in value.items()}
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """Python's json.loads, with every string made encodable (see encodable())."""
+    return _encodable_json(json.loads(text))
 
 
 def _raise_if_error(obj: dict[str, Any]) -> None:
@@ -569,8 +600,9 @@ class Upstream:
                     yield delta
                 return
             except UpstreamError as exc:
-                # Its message reaches the user, the database and the logs: never the key.
-                exc.message = self.redact(exc.message)
+                # Its message reaches the user, the database and the logs: never the key,
+                # nothing a database cannot save (a raw NUL in an error body's text).
+                exc.message = encodable(self.redact(exc.message))
                 exc.args = (exc.message,)
                 if relayed or not exc.retryable or attempt >= self.max_retries:
                     raise
@@ -704,7 +736,7 @@ class Upstream:
         if "text/event-stream" not in content_type:
             raw = (await response.aread()).decode("utf-8", "replace")
             try:
-                body = json.loads(raw)
+                body = parse_json(raw)
             except ValueError:
                 body = None
             _, text = error_text(body)

@@ -5,7 +5,7 @@ import logging
 import math
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib import admin
@@ -31,7 +31,7 @@ from django.views.decorators.http import require_POST
 
 from chat.catalog import models_offered
 from chat.models import Conversation, Message
-from chat.streams import channel_layer
+from chat.streams import channel_layer, stop_answers
 
 logger = logging.getLogger(__name__)
 SIDEBAR_LIMIT = 200
@@ -118,6 +118,13 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
 def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _get_conversation_for_user(request, conversation_id)
     if request.method == "POST":
+        streaming = list(
+            conversation.messages.filter(state=Message.State.STREAMING).values_list("id", flat=True)
+        )
+        if streaming:
+            # Its answers stop first, wherever they run, and are recorded (and billed, and
+            # counted by the limits) as stopped ones are; their ledger rows outlive it.
+            async_to_sync(stop_answers)(conversation.id, streaming)
         conversation.delete()
         return redirect("index")
     return render(request, "chat/confirm_delete.html", {"conversation": conversation})

@@ -123,9 +123,21 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    reply: Reply | None = None  # what the server answered
+    sent: bytearray = field(default_factory=bytearray)  # the body bytes it wrote
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the server answered with a stream (a request the upstream bills)."""
+        reply = self.reply
+        return (
+            reply is not None
+            and reply.status == 200
+            and reply.content_type.startswith("text/event-stream")
+        )
 
 
 DEFAULT_MODELS = {
@@ -237,7 +249,8 @@ class FakeUpstream:
                 body = b""
                 if "content-length" in headers:
                     body = await reader.readexactly(int(headers["content-length"]))
-                self.requests.append(Request(method, path, headers, body))
+                request = Request(method, path, headers, body)
+                self.requests.append(request)
                 if method == "GET" and path.endswith("/language-models"):
                     if self.language_models is None:
                         reply = json_reply(
@@ -253,7 +266,8 @@ class FakeUpstream:
                     reply = json_reply(200, self.models)
                 else:
                     reply = self.replies.popleft() if self.replies else self.default
-                keep = await self._answer(writer, reply)
+                request.reply = reply
+                keep = await self._answer(writer, reply, request.sent)
                 if not keep:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -261,7 +275,7 @@ class FakeUpstream:
         finally:
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
+    async def _answer(self, writer: asyncio.StreamWriter, reply: Reply, sent: bytearray) -> bool:
         reason = {200: "OK"}.get(reply.status, "Error")
         head = [f"HTTP/1.1 {reply.status} {reason}", f"Content-Type: {reply.content_type}"]
         head += [f"{k}: {v}" for k, v in reply.headers.items()]
@@ -285,6 +299,7 @@ class FakeUpstream:
                     await self._paced()
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
+                sent += piece
             if reply.end == "drop":
                 writer.transport.abort()
                 return False

@@ -15,7 +15,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.fake_upstream import FakeUpstream, Reply, chunk, slow_stream, sse
+from tests.fake_upstream import FakeUpstream, Reply, chunk, slow_stream, sse, usage_chunk
 from tests.live import (
     answer_text,
     app_env,
@@ -44,9 +44,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def two_processes(
+def app(
     request, fake_upstream_server: FakeUpstream, tmp_path_factory
-) -> Iterator[list[str]]:
+) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """Two processes of one app: its environment, and their URLs."""
     tmp = tmp_path_factory.mktemp("procs")
     extra = {"REDIS_URL": "redis://127.0.0.1:6379/15"}
     if request.param == "postgresql":
@@ -61,7 +62,12 @@ def two_processes(
     script += "User.objects.create_user('carol', password='carol-password-1')"
     manage(env, "shell", "-c", script)
     with daphne(env, tmp / "a.log") as a, daphne(env, tmp / "b.log") as b:
-        yield [a, b]
+        yield env, [a, b]
+
+
+@pytest.fixture(scope="module")
+def two_processes(app: tuple[dict[str, str], list[str]]) -> list[str]:
+    return app[1]
 
 
 async def _frames_until(ws, kind: str, timeout: float = 60) -> tuple[dict, list[dict]]:
@@ -110,6 +116,61 @@ async def test_a_tab_on_another_process_sees_the_stream_and_stops_it(
         assert second_end["state"] == "stopped"
         assert second_end["message_id"] == end["message_id"]
     print(f"stop across processes took {stopped_after * 1000:.0f} ms")
+
+
+def _delete_conversation(url: str, cookie: str, conversation_id: int) -> int:
+    """Delete a conversation as its page's form does; the response's status."""
+    name, _, value = cookie.partition("=")
+    with httpx.Client(base_url=url, cookies={name: value}) as client:
+        page = client.get(f"/c/{conversation_id}/delete/")
+        assert page.status_code == 200, page.status_code
+        response = client.post(
+            f"/c/{conversation_id}/delete/",
+            data={"csrfmiddlewaretoken": client.cookies["csrftoken"]},
+        )
+        return response.status_code
+
+
+LEDGER = """
+import json
+from chat.models import Conversation, Usage
+print(json.dumps({
+    "conversations": list(Conversation.objects.values_list("id", flat=True)),
+    "rows": list(Usage.objects.values(
+        "answer_id", "user__username", "conversation_id", "message_id", "outcome", "source",
+        "completion_tokens")),
+}))
+"""
+
+
+async def test_deleting_a_conversation_on_another_process_stops_its_answer_and_bills_it(
+    app: tuple[dict[str, str], list[str]], fake_upstream_server: FakeUpstream
+) -> None:
+    env, (a, b) = app
+    fake_upstream_server.reset()
+    pieces = [sse(chunk(text), done=False) for text in ("Hello ", "world, ", "and more")]
+    pieces.append(sse(chunk(finish="stop"), usage_chunk(12, 7)))
+    fake_upstream_server.queue(Reply(pieces=pieces, paced=True))
+    cookie = session_cookie(a, "alice", "alice-password-1")
+    async with _connect(a, cookie) as first:
+        await first.send(json.dumps({"type": "send", "content": "hi", "conversation_id": None}))
+        start, _ = await _frames_until(first, "message.start")
+        await _frames_until(first, "delta")
+
+        # The page of another tab, served by the other process, deletes the conversation.
+        status = await asyncio.to_thread(_delete_conversation, b, cookie, start["conversation_id"])
+        assert status == 302
+        for _ in range(3):  # had it gone on, the rest would come, and be billed
+            fake_upstream_server.next_piece()
+        end, _ = await _frames_until(first, "message.end")
+    assert (end["state"], end["message_id"]) == ("stopped", start["message"]["id"])
+
+    ledger = json.loads(manage(env, "shell", "-c", LEDGER).strip().splitlines()[-1])
+    assert start["conversation_id"] not in ledger["conversations"]
+    row = next(r for r in ledger["rows"] if r["answer_id"] == start["message"]["id"])
+    assert row["user__username"] == "alice" and row["outcome"] == "stopped"
+    assert (row["conversation_id"], row["message_id"], row["source"]) == (None, None, "estimated")
+    assert row["completion_tokens"] == 2  # "Hello ", 4 characters a token
 
 
 async def test_a_tab_on_another_process_gets_every_chunk_in_order(
