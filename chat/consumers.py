@@ -383,6 +383,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("user %s tried to stop message %s", self.user.id, message_id)
         return row
 
+    @database_sync_to_async
+    def _saved_text(self, message_id: int) -> tuple[int, str, str] | None:
+        return (
+            Message.objects.filter(id=message_id, conversation__user=self.user)
+            .values_list("conversation_id", "content", "reasoning")
+            .first()
+        )
+
     async def _ask_for_snapshot(self, conversation_id: int, message_id: int | None = None) -> None:
         """Answers streaming in the conversation (or just `message_id`), in whichever
         process, reply with chat.snapshot and from then on send deltas to the group."""
@@ -445,9 +453,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._end_session()
 
     async def chat_end(self, event: dict[str, Any]) -> None:
-        if self._visible(event):
-            self.known.pop(event["frame"]["message_id"], None)
-            await self.send_json(event["frame"])
+        if not self._visible(event):
+            return
+        frame = event["frame"]
+        known = self.known.pop(frame["message_id"], None)
+        if (
+            known is None
+            or known[0] < event["content_length"]
+            or known[1] < event["reasoning_length"]
+        ):
+            # Some of its text never reached this tab (it asked for a snapshot as the answer
+            # ended): the text as saved, then the end.
+            saved = await self._saved_text(frame["message_id"])
+            if saved is not None:
+                await self.send_json(frames.snapshot(frame["message_id"], *saved))
+        await self.send_json(frame)
 
 
 class _BadJson:

@@ -159,9 +159,16 @@ def chat_snapshot(message_id: int, conversation_id: int, content: str, reasoning
     return {**snapshot(message_id, conversation_id, content, reasoning), "type": "chat.snapshot"}
 
 
-def chat_end(frame: Frame, origin: str | None) -> Frame:
-    """A `message.end` frame for the other sockets watching the conversation."""
-    return {"type": "chat.end", "frame": frame, "origin": origin}
+def chat_end(frame: Frame, origin: str | None, content: str, reasoning: str) -> Frame:
+    """A `message.end` frame for the other sockets watching the conversation, with the
+    lengths of the answer's text, so that a socket that has less shows the saved whole."""
+    return {
+        "type": "chat.end",
+        "frame": frame,
+        "origin": origin,
+        "content_length": len(content),
+        "reasoning_length": len(reasoning),
+    }
 
 
 def stream_stop(message_id: int, reply_to: str | None = None) -> Frame:

@@ -62,11 +62,12 @@ def limits_for(user) -> Limits:
     return Limits(**values, budget=own or default)
 
 
-def lock_user(user) -> None:
+def lock_user(user):
     """Serialise one user's sends and handshakes until the transaction ends, so that two
     at once can't both pass a limit (a row lock on PostgreSQL; SQLite's IMMEDIATE
-    transactions serialise all writers anyway)."""
-    get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+    transactions serialise all writers anyway). Returns the user's row as it is now, or
+    None if it was deleted."""
+    return get_user_model().objects.select_for_update().filter(pk=user.pk).first()
 
 
 @dataclass

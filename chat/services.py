@@ -60,13 +60,18 @@ class ResentAnswer:
     answer: Message  # as it was read: streaming, or ended
 
 
-def check_session(user: User, session_key: str | None) -> None:
+_READ = object()  # check_session() reads the user's row itself
+
+
+def check_session(user: User, session_key: str | None, current: Any = _READ) -> None:
     """Refuse unless `user` is still active and the session a socket was opened with is
     still logged in as them, with the password they logged in with. (Each request reads
     the database: a backstop for a group message that was lost, and for changes made
-    without a save, such as a queryset's update().)"""
-    current = get_user_model().objects.filter(pk=user.pk, is_active=True).first()
-    if current is None:
+    without a save, such as a queryset's update().) `current`: the user's row, if the
+    caller has just read it."""
+    if current is _READ:
+        current = get_user_model().objects.filter(pk=user.pk).first()
+    if current is None or not current.is_active:
         raise Refused(frames.LOGGED_OUT_CODE, frames.LOGGED_OUT_MESSAGE)
     if not session_key:
         return  # a socket authenticated without a session (tests)
@@ -145,9 +150,8 @@ def _start_answer(
     client_id: str | None,
 ) -> StartedAnswer | ResentAnswer:
     with transaction.atomic():
-        check_session(user, session_key)
         # Serialise one user's sends so that two at once can't both pass the limits.
-        lock_user(user)
+        check_session(user, session_key, lock_user(user))
         # After the lock, which a racing send of this id held until it committed.
         if client_id and (resent := resent_answer(user, client_id, conversation_id, text)):
             return resent

@@ -575,7 +575,8 @@ class AnswerRun:
                     viewers_group(self.conversation_id), self.snapshot_event()
                 )
             await self.layer.group_send(
-                viewers_group(self.conversation_id), frames.chat_end(frame, self.origin)
+                viewers_group(self.conversation_id),
+                frames.chat_end(frame, self.origin, self.answer.content, self.answer.reasoning),
             )
         except Exception as exc:  # sent to the asker already; watchers reload
             logger.warning("answer %s: could not tell the watchers: %r", self.message_id, exc)
@@ -619,7 +620,8 @@ async def end_abandoned(message: Message, state: str) -> None:
     frame = frames.message_end(message, usage)
     try:
         await channel_layer().group_send(
-            viewers_group(message.conversation_id), frames.chat_end(frame, None)
+            viewers_group(message.conversation_id),
+            frames.chat_end(frame, None, message.content, message.reasoning),
         )
     except Exception as exc:
         logger.warning("answer %s: could not tell the watchers: %r", message.pk, exc)
