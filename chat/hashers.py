@@ -1,6 +1,6 @@
 """Password hashing in a queue of its own, so that a burst of logins leaves CPU for answers.
 
-A login costs about 0.4 s of CPU (PBKDF2, 1,000,000 rounds). Django runs each HTTP request
+A login costs about 0.2 s of CPU (PBKDF2, 1,000,000 rounds). Django runs each HTTP request
 on a thread of its own, so 40 logins in 8 s were dozens of threads hashing at once, each
 getting as much CPU as the event loop and the thread the sockets' database work runs on,
 and each holding a pooled database connection meanwhile (docs/benchmarks.md, scenario 7).
