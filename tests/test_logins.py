@@ -133,4 +133,4 @@ async def test_a_login_holds_no_pooled_connection_while_its_password_is_hashed(b
     during = await asyncio.to_thread(lent_out)
     gate.opened.set()
     assert (await login).status_code == 200
-    assert during == before
+    assert during <= before  # on main: one more, held by the login through its hash
