@@ -1,9 +1,9 @@
 """Run the benchmarks and print their tables: `python -m bench [scenario ...] [--quick]`.
 
-Scenarios (docs/benchmarks.md): throughput, ttft, sweep, dbwork, pages, report. Each prints
-its own table; a summary of every figure against its target closes the run. The exit status
-is 1 when a chunk was lost or reordered or a query count grew with the data, never because
-of a timing.
+Scenarios (docs/benchmarks.md): throughput, ttft, sweep, dbwork, pages, report, logins. Each
+prints its own table; a summary of every figure against its target closes the run. The exit
+status is 1 when a chunk was lost or reordered or a query count grew with the data, never
+because of a timing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from bench import dbwork, harness, pages, report, sweep, throughput, ttft
+from bench import dbwork, harness, logins, pages, report, sweep, throughput, ttft
 
 SCENARIOS = {
     "throughput": throughput.main,
@@ -21,6 +21,7 @@ SCENARIOS = {
     "dbwork": dbwork.main,
     "pages": pages.main,
     "report": report.main,
+    "logins": logins.main,
 }
 
 
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--services",
         action="store_true",
-        help="run the relay scenarios (throughput, ttft, sweep) on PostgreSQL and Redis on "
-        "127.0.0.1 (a fresh database and Redis prefix) instead of SQLite and the in-memory "
+        help="run the relay scenarios (throughput, ttft, sweep, logins) on PostgreSQL and Redis "
+        "on 127.0.0.1 (a fresh database and Redis prefix) instead of SQLite and the in-memory "
         "channel layer",
     )
     parser.add_argument(

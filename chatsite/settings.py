@@ -285,6 +285,19 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# Django's default hashers, the first one queued (chat/hashers.py): a process hashes at most
+# this many passwords at once, at a low CPU priority, so that logins leave CPU for answers.
+PASSWORD_HASHERS = [
+    "chat.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+PASSWORD_HASHING_THREADS = envint("PASSWORD_HASHING_THREADS", 1)
+if PASSWORD_HASHING_THREADS < 1:
+    raise ImproperlyConfigured("PASSWORD_HASHING_THREADS must be 1 or more")
+
 # django-axes: the first backend refuses logins while a username or address is locked out;
 # the plain one checks passwords and keeps sessions made by the setup page valid.
 AUTHENTICATION_BACKENDS = [
