@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from bisect import bisect_left
+from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import async_to_sync
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 RECENT_ANSWERS = 10
 CLOSE_LOGGED_OUT = 4401
+CLOSE_FELL_BEHIND = 4408
 
 
 def session_group(session_key: str) -> str:
@@ -40,12 +44,59 @@ def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
         async_to_sync(channel_layer().group_send)(session_group(key), frames.session_ended())
 
 
+class SendWindow:
+    """What a socket sent that its browser has not acknowledged yet (docs/protocol.md, `ack`).
+
+    Daphne buffers whatever the app sends, however slowly the client reads, and tells the
+    app nothing of it: the browser's acks are how the server knows. An ack must fall where
+    a frame ended, so a client cannot acknowledge what it has not read.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.sent = 0  # characters of all frames sent, which are ASCII: bytes too
+        self.acked = 0
+        self.ends: deque[int] = deque()  # where each unacknowledged frame ends
+        # A frame larger than half the cap counts as half of it, so that one big snapshot
+        # or `watching` leaves room for the deltas sent while its ack is on the way.
+        self.large: deque[tuple[int, int]] = deque()  # (end, bytes not counted)
+
+    @property
+    def backlog(self) -> int:
+        return self.sent - self.acked - sum(uncounted for _, uncounted in self.large)
+
+    def full(self) -> bool:
+        return self.backlog > self.cap
+
+    def add(self, size: int) -> None:
+        self.sent += size
+        self.ends.append(self.sent)
+        if size > self.cap // 2:
+            self.large.append((self.sent, size - self.cap // 2))
+
+    def ack(self, received: int) -> bool:
+        """Frames up to `received` arrived; False if no frame sent ended there."""
+        if received == self.acked:
+            return True
+        index = bisect_left(self.ends, received)
+        if index == len(self.ends) or self.ends[index] != received:
+            return False
+        for _ in range(index + 1):
+            self.ends.popleft()
+        while self.large and self.large[0][0] <= received:
+            self.large.popleft()
+        self.acked = received
+        return True
+
+
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     # -- lifecycle -------------------------------------------------------------------
 
     user: User
 
     async def connect(self) -> None:
+        self.window = SendWindow(settings.CHAT_SOCKET_BUFFER_BYTES)
+        self.behind = False  # closing: the browser fell too far behind
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_LOGGED_OUT)
@@ -79,7 +130,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # (`send` checks the session in the same trip to the database as its writes.)
             if kind in ("watch", "stop"):
                 await database_sync_to_async(check_session)(self.user, self.session_key)
-            if kind == "send":
+            if kind == "ack":
+                self.acknowledge(content)
+            elif kind == "send":
                 await self.send_message(content)
             elif kind == "watch":
                 await self.watch(self._int_field(content, "conversation_id"))
@@ -96,6 +149,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(frames.error(exc.code, exc.message, **exc.extra))
 
     @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        # Non-ASCII escaped: the characters the browser counts in its acks are the bytes sent.
+        return json.dumps(content, ensure_ascii=True)
+
+    @classmethod
     async def decode_json(cls, text_data: str) -> Any:
         try:
             return await super().decode_json(text_data)
@@ -105,6 +163,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        if self.behind:
+            return  # the socket is closing; the page will send again once reconnected
         if text_data is None:
             await self.send_json(frames.error("bad_frame", "Send text frames of JSON."))
             return
@@ -114,7 +174,43 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.receive_json(content)
 
+    async def send(  # type: ignore[override]  # as AsyncWebsocketConsumer.send's own
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        """Every frame to the browser goes out here: past the cap of unacknowledged bytes
+        the socket is closed instead, and its answers go on without it."""
+        if self.behind:
+            return  # the page reloads what it missed when it reconnects
+        if text_data is not None:
+            if self.window.full():
+                await self._fall_behind()
+                return
+            self.window.add(len(text_data))
+        await super().send(text_data, bytes_data, close)
+
+    async def send_json(self, content: Any, close: bool = False) -> None:
+        # Through send() above (channels' send_json goes past it, to its own superclass).
+        await self.send(text_data=await self.encode_json(content), close=close)
+
+    async def _fall_behind(self) -> None:
+        self.behind = True
+        logger.warning(
+            "closing a socket of user %s: %d bytes sent and not acknowledged",
+            self.user.id,
+            self.window.backlog,
+        )
+        for run in list(RUNNING.values()):
+            run.detach(self.channel_name)
+        await self.close(code=CLOSE_FELL_BEHIND)
+
     # -- message types ---------------------------------------------------------------
+
+    def acknowledge(self, content: dict[str, Any]) -> None:
+        received = content.get("received")
+        if not isinstance(received, int) or isinstance(received, bool) or received < 0:
+            raise Refused("bad_frame", "The field 'received' must be a whole number.")
+        if not self.window.ack(received):
+            raise Refused("bad_frame", "That is not where a frame ended.")
 
     async def send_message(self, content: dict[str, Any]) -> None:
         text = content.get("content")
