@@ -17,6 +17,7 @@ from django.contrib.auth import user_logged_out
 from django.dispatch import receiver
 
 from chat import frames
+from chat.frames import Frame
 from chat.models import Conversation, Message
 from chat.services import Refused, check_session, start_answer
 from chat.streams import RUNNING, AnswerRun, channel_layer, control_group, viewers_group
@@ -57,22 +58,33 @@ class SendWindow:
         self.sent = 0  # characters of all frames sent, which are ASCII: bytes too
         self.acked = 0
         self.ends: deque[int] = deque()  # where each unacknowledged frame ends
-        # A frame larger than half the cap counts as half of it, so that one big snapshot
-        # or `watching` leaves room for the deltas sent while its ack is on the way.
-        self.large: deque[tuple[int, int]] = deque()  # (end, bytes not counted)
+        # Frames sent together (a long text in parts) count as at most half the cap until
+        # acknowledged, so that a long snapshot leaves room for the deltas sent while its
+        # acks are on the way: the (start, end) of each such burst.
+        self.bursts: deque[tuple[int, int]] = deque()
+        self.burst_start = 0
 
     @property
     def backlog(self) -> int:
-        return self.sent - self.acked - sum(uncounted for _, uncounted in self.large)
+        uncounted = sum(
+            max(0, end - max(start, self.acked) - self.cap // 2) for start, end in self.bursts
+        )
+        return self.sent - self.acked - uncounted
 
     def full(self) -> bool:
         return self.backlog > self.cap
 
+    def begin(self) -> None:
+        """The frames added from now on go together."""
+        self.burst_start = self.sent
+
     def add(self, size: int) -> None:
         self.sent += size
         self.ends.append(self.sent)
-        if size > self.cap // 2:
-            self.large.append((self.sent, size - self.cap // 2))
+        if self.sent - self.burst_start > self.cap // 2:
+            if self.bursts and self.bursts[-1][0] == self.burst_start:
+                self.bursts.pop()
+            self.bursts.append((self.burst_start, self.sent))
 
     def ack(self, received: int) -> bool:
         """Frames up to `received` arrived; False if no frame sent ended there."""
@@ -83,8 +95,8 @@ class SendWindow:
             return False
         for _ in range(index + 1):
             self.ends.popleft()
-        while self.large and self.large[0][0] <= received:
-            self.large.popleft()
+        while self.bursts and self.bursts[0][1] <= received:
+            self.bursts.popleft()
         self.acked = received
         return True
 
@@ -190,7 +202,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_json(self, content: Any, close: bool = False) -> None:
         # Through send() above (channels' send_json goes past it, to its own superclass).
+        self.window.begin()
         await self.send(text_data=await self.encode_json(content), close=close)
+
+    async def send_frames(self, frames: list[Frame]) -> None:
+        """Frames that go together, such as a long text in parts: they count as one
+        towards the cap (SendWindow)."""
+        self.window.begin()
+        for frame in frames:
+            await self.send(text_data=await self.encode_json(frame))
 
     async def _fall_behind(self) -> None:
         self.behind = True
@@ -253,7 +273,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             message_id=answer.id,
             model=answer.model,
             history=started.history,
-            send=self.send_json,
+            send=self.send_frames,
             origin=self.channel_name,
             price=started.price,
         ).start()
@@ -275,8 +295,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.known = {}
             await self.channel_layer.group_add(viewers_group(conversation_id), self.channel_name)
         if announce:
-            recent = await self._recent_answers(conversation_id)
-            await self.send_json(frames.watching(conversation_id, recent))
+            recent, replayed = await self._recent_answers(conversation_id)
+            await self.send_frames([*replayed, frames.watching(conversation_id, recent)])
             # Answers streaming now, here or in another process, reply with chat.snapshot.
             await self._ask_for_snapshot(conversation_id)
 
@@ -309,15 +329,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return found
 
     @database_sync_to_async
-    def _recent_answers(self, conversation_id: int) -> list[dict[str, Any]]:
-        """The last answers that ended, so a tab that was away sees how they ended."""
+    def _recent_answers(self, conversation_id: int) -> tuple[list[Frame], list[Frame]]:
+        """The last answers that ended, so a tab that was away sees how they ended: those
+        that fit in `watching`, and the frames that replay the others."""
         answers = (
             Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
             .exclude(state=Message.State.STREAMING)
             .select_related("usage")
             .order_by("-id")[:RECENT_ANSWERS]
         )
-        return [frames.recent_answer(answer) for answer in answers]
+        recent: list[Frame] = []
+        replayed: list[Frame] = []
+        room = frames.TEXT_PER_FRAME
+        for answer in answers:  # newest first
+            size = len(answer.content) + len(answer.reasoning)
+            if size <= room:
+                recent.append(frames.recent_answer(answer))
+                room -= size
+            else:
+                replayed[:0] = frames.replay(answer)  # oldest first
+        return recent, replayed
 
     @database_sync_to_async
     def _streaming_answer_conversation(self, message_id: int) -> int | None:
@@ -373,15 +404,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         reasoning = event["reasoning"][max(0, known[1] - event["reasoning_offset"]) :]
         known[0] = max(known[0], event["content_offset"] + len(event["content"]))
         known[1] = max(known[1], event["reasoning_offset"] + len(event["reasoning"]))
-        if content or reasoning:
-            await self.send_json(frames.delta(event["message_id"], content, reasoning))
+        await self.send_frames(frames.deltas(event["message_id"], content, reasoning))
 
     async def chat_snapshot(self, event: dict[str, Any]) -> None:
         if event["conversation_id"] != self.watching:
             return
         self.known[event["message_id"]] = [len(event["content"]), len(event["reasoning"])]
-        await self.send_json(
-            frames.snapshot(
+        await self.send_frames(
+            frames.snapshot_in_parts(
                 event["message_id"], event["conversation_id"], event["content"], event["reasoning"]
             )
         )

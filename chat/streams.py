@@ -35,7 +35,8 @@ GROUP_FLUSH_SECONDS = 0.05
 # Runs of this process by message id: the local fast path for Stop, and what shutdown ends.
 RUNNING: dict[int, AnswerRun] = {}
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# Sends frames that go together (a long text in parts) to the asking socket.
+Send = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 def viewers_group(conversation_id: int) -> str:
@@ -249,9 +250,10 @@ class AnswerRun:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             out, self._outbox = self._outbox, Delta()
-            if (out.content or out.reasoning) and self._send is not None:
+            parts = frames.deltas(self.message_id, out.content, out.reasoning)
+            if parts and self._send is not None:
                 try:
-                    await self._send(frames.delta(self.message_id, out.content, out.reasoning))
+                    await self._send(parts)
                 except Exception:  # the socket went away between two deltas
                     self._send = None
                     self.origin = None
@@ -363,7 +365,7 @@ class AnswerRun:
         frame = frames.message_end(message, message.usage)
         if self._send is not None:
             try:
-                await self._send(frame)
+                await self._send([frame])
             except Exception:
                 self.origin = None
         try:

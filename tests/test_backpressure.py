@@ -23,7 +23,8 @@ from websockets.sync.client import connect
 from websockets.typing import Origin
 from websockets.uri import parse_uri
 
-from chat.models import Message
+from chat.consumers import SendWindow
+from chat.models import Conversation, Message
 from tests.fake_upstream import FakeUpstream, Reply, chunk, sse, usage_chunk
 from tests.live import app_env, daphne_process, prepare_database, session_cookie
 
@@ -213,10 +214,11 @@ async def test_a_socket_that_acknowledges_nothing_is_closed_with_4408_and_its_an
 ) -> None:
     settings.CHAT_SOCKET_BUFFER_BYTES = SMALL_CAP
     text, events = long_answer()
-    upstream.queue(Reply(pieces=events))
+    # One piece of the answer per frame: each delta is 8 KiB, whatever the machine's pace.
+    upstream.queue(Reply(pieces=events, paced=True))
     socket = await socket_for(alice)
     await socket.send(type="send", content="A long one", conversation_id=None)
-    sent, last, message_id = 0, 0, None
+    sent, last, message_id, granted = 0, 0, None, 0
     async with asyncio.timeout(60):
         while (output := await socket.comm.receive_output(60))["type"] == "websocket.send":
             last = len(output["text"])
@@ -224,9 +226,14 @@ async def test_a_socket_that_acknowledges_nothing_is_closed_with_4408_and_its_an
             frame = json.loads(output["text"])
             if frame["type"] == "message.start":
                 message_id = frame["message"]["id"]
+            elif frame["type"] == "delta":
+                upstream.next_piece()
+                granted += 1
             assert frame["type"] != "message.end", "the whole answer went out unacknowledged"
     assert output["type"] == "websocket.close" and output["code"] == 4408
     assert sent - last <= SMALL_CAP < sent  # the frame that passed the cap was the last
+    for _ in events[granted + 1 :]:  # the rest of the answer, which goes on without it
+        upstream.next_piece()
     assert message_id is not None
     assert await wait_saved(message_id) == ("complete", text, "reported")
 
@@ -280,3 +287,64 @@ async def test_an_ack_must_fall_where_a_frame_ended(alice, socket_for) -> None:
     await socket.send(type="ping")
     assert await socket.receive() == {"type": "pong"}
     assert await socket.comm.receive_nothing()
+
+
+def test_frames_sent_together_count_as_half_the_cap_until_acknowledged() -> None:
+    window = SendWindow(cap=1000)
+    window.begin()
+    for _ in range(4):  # a long text in four parts
+        window.add(300)
+    assert window.backlog == 500 and not window.full()
+    window.begin()
+    window.add(400)  # a delta after it
+    assert window.backlog == 900 and not window.full()
+    window.begin()
+    window.add(200)  # and another
+    assert window.backlog == 1100 and window.full()
+    assert not window.ack(450)  # not where a frame ended
+    assert window.ack(900)  # three parts of the four: what is left of it counts in full
+    assert window.backlog == 300 + 400 + 200
+    assert window.ack(1200) and window.backlog == 600
+    assert window.ack(1800) and window.backlog == 0
+    assert window.ack(1800) and not window.ack(1900)
+
+
+@database_sync_to_async
+def long_ended_answers(user, sizes: list[int]) -> tuple[int, list[str]]:
+    conversation = Conversation.objects.create(user=user, title="long")
+    texts = []
+    for i, size in enumerate(sizes):
+        conversation.messages.create(role="user", content=f"question {i}")
+        texts.append(f"answer {i} ".ljust(size, "xyz"[i % 3]))
+        conversation.messages.create(role="assistant", content=texts[-1], state="complete")
+    return conversation.id, texts
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_returning_tab_gets_answers_longer_than_a_frame_in_parts(alice, socket_for) -> None:
+    # Daphne sends no message over 1 MiB: no frame may hold more than 64 Ki characters
+    # of text (12 bytes each at most in ASCII JSON), however long the answers.
+    conversation_id, texts = await long_ended_answers(alice, [40_000, 300_000, 20_000, 30_000])
+    socket = await socket_for(alice)
+    await socket.send(type="watch", conversation_id=conversation_id)
+    shown: dict[int, str] = {}
+    ended: dict[int, str] = {}
+    async with asyncio.timeout(60):
+        while True:
+            raw = await socket.comm.receive_from()
+            frame = json.loads(raw)
+            text = frame.get("content", "") + frame.get("reasoning", "")
+            assert len(text) <= 65536, (frame["type"], len(text))
+            if frame["type"] == "snapshot":
+                shown[frame["message_id"]] = frame["content"]
+            elif frame["type"] == "delta":
+                shown[frame["message_id"]] += frame["content"]
+            elif frame["type"] == "message.end":
+                ended[frame["message_id"]] = frame["state"]
+            elif frame["type"] == "watching":
+                break
+    recent = {answer["message_id"]: answer["content"] for answer in frame["recent"]}
+    # The newest that fit in 64 Ki characters are in `watching`; the others came before it.
+    assert sorted(recent.values(), key=len) == [texts[2], texts[3]]
+    assert sorted(shown.values(), key=len) == [texts[0], texts[1]]
+    assert set(ended) == set(shown) and set(ended.values()) == {"complete"}
