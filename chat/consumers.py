@@ -205,11 +205,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.window.begin()
         await self.send(text_data=await self.encode_json(content), close=close)
 
-    async def send_frames(self, frames: list[Frame]) -> None:
+    async def send_frames(self, parts: list[Frame]) -> None:
         """Frames that go together, such as a long text in parts: they count as one
         towards the cap (SendWindow)."""
         self.window.begin()
-        for frame in frames:
+        for frame in parts:
             await self.send(text_data=await self.encode_json(frame))
 
     async def _fall_behind(self) -> None:
