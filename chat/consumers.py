@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+from bisect import bisect_left
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,6 +22,7 @@ from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
 from chat import frames
+from chat.frames import Frame
 from chat.limits import SOCKETS
 from chat.models import Conversation, Message
 from chat.services import Refused, ResentAnswer, check_session, start_answer
@@ -43,6 +47,7 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a UUID fits (docs/protocol.md,
 # The channel layer (Redis) failed: the page reconnects, and the new socket joins its
 # groups afresh (a restarted Redis forgot them).
 CLOSE_UNAVAILABLE = 4503
+CLOSE_FELL_BEHIND = 4408
 
 
 def session_group(session_key: str) -> str:
@@ -94,6 +99,62 @@ def _tell_the_users_sockets(user_id: int) -> None:
     async_to_sync(channel_layer().group_send)(user_group(user_id), frames.access_changed())
 
 
+class SendWindow:
+    """What a socket sent that its browser has not acknowledged yet (docs/protocol.md, `ack`).
+
+    Daphne buffers whatever the app sends, however slowly the client reads, and tells the
+    app nothing of it: the browser's acks are how the server knows. An ack must fall where
+    a frame ended, so a client cannot acknowledge what it has not read.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.sent = 0  # characters of all frames sent, which are ASCII: bytes too
+        self.acked = 0
+        self.ends: deque[int] = deque()  # where each unacknowledged frame ends
+        # Frames sent together (a long text in parts) count as at most half the cap until
+        # acknowledged, so that a long snapshot leaves room for the deltas sent while its
+        # acks are on the way: the (start, end) of each such burst.
+        self.bursts: deque[tuple[int, int]] = deque()
+        self.burst_start = 0
+
+    @property
+    def backlog(self) -> int:
+        uncounted = sum(
+            max(0, end - max(start, self.acked) - self.cap // 2) for start, end in self.bursts
+        )
+        return self.sent - self.acked - uncounted
+
+    def full(self) -> bool:
+        return self.backlog > self.cap
+
+    def begin(self) -> None:
+        """The frames added from now on go together."""
+        self.burst_start = self.sent
+
+    def add(self, size: int) -> None:
+        self.sent += size
+        self.ends.append(self.sent)
+        if self.sent - self.burst_start > self.cap // 2:
+            if self.bursts and self.bursts[-1][0] == self.burst_start:
+                self.bursts.pop()
+            self.bursts.append((self.burst_start, self.sent))
+
+    def ack(self, received: int) -> bool:
+        """Frames up to `received` arrived; False if no frame sent ended there."""
+        if received == self.acked:
+            return True
+        index = bisect_left(self.ends, received)
+        if index == len(self.ends) or self.ends[index] != received:
+            return False
+        for _ in range(index + 1):
+            self.ends.popleft()
+        while self.bursts and self.bursts[0][1] <= received:
+            self.bursts.popleft()
+        self.acked = received
+        return True
+
+
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     # -- lifecycle -------------------------------------------------------------------
 
@@ -112,6 +173,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAVAILABLE)
 
     async def connect(self) -> None:
+        self.window = SendWindow(settings.CHAT_SOCKET_BUFFER_BYTES)
+        self.behind = False  # closing: the browser fell too far behind
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_LOGGED_OUT)
@@ -174,7 +237,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # (`send` checks the session in the same trip to the database as its writes.)
             if kind in ("watch", "stop"):
                 await database_sync_to_async(check_session)(self.user, self.session_key)
-            if kind == "send":
+            if kind == "ack":
+                self.acknowledge(content)
+            elif kind == "send":
                 await self.send_message(content)
             elif kind == "watch":
                 await self.watch(self._int_field(content, "conversation_id"))
@@ -191,6 +256,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(frames.error(exc.code, exc.message, **exc.extra))
 
     @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        # Non-ASCII escaped: the characters the browser counts in its acks are the bytes sent.
+        return json.dumps(content, ensure_ascii=True)
+
+    @classmethod
     async def decode_json(cls, text_data: str) -> Any:
         try:
             return await super().decode_json(text_data)
@@ -200,6 +270,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        if self.behind:
+            return  # the socket is closing; the page will send again once reconnected
         if text_data is None:
             await self.send_json(frames.error("bad_frame", "Send text frames of JSON."))
             return
@@ -209,7 +281,51 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.receive_json(content)
 
+    async def send(  # type: ignore[override]  # as AsyncWebsocketConsumer.send's own
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        """Every frame to the browser goes out here: past the cap of unacknowledged bytes
+        the socket is closed instead, and its answers go on without it."""
+        if self.behind:
+            return  # the page reloads what it missed when it reconnects
+        if text_data is not None:
+            if self.window.full():
+                await self._fall_behind()
+                return
+            self.window.add(len(text_data))
+        await super().send(text_data, bytes_data, close)
+
+    async def send_json(self, content: Any, close: bool = False) -> None:
+        # Through send() above (channels' send_json goes past it, to its own superclass).
+        self.window.begin()
+        await self.send(text_data=await self.encode_json(content), close=close)
+
+    async def send_frames(self, parts: list[Frame]) -> None:
+        """Frames that go together, such as a long text in parts: they count as one
+        towards the cap (SendWindow)."""
+        self.window.begin()
+        for frame in parts:
+            await self.send(text_data=await self.encode_json(frame))
+
+    async def _fall_behind(self) -> None:
+        self.behind = True
+        logger.warning(
+            "closing a socket of user %s: %d bytes sent and not acknowledged",
+            self.user.id,
+            self.window.backlog,
+        )
+        for run in list(RUNNING.values()):
+            run.detach(self.channel_name)
+        await self.close(code=CLOSE_FELL_BEHIND)
+
     # -- message types ---------------------------------------------------------------
+
+    def acknowledge(self, content: dict[str, Any]) -> None:
+        received = content.get("received")
+        if not isinstance(received, int) or isinstance(received, bool) or received < 0:
+            raise Refused("bad_frame", "The field 'received' must be a whole number.")
+        if not self.window.ack(received):
+            raise Refused("bad_frame", "That is not where a frame ended.")
 
     async def send_message(self, content: dict[str, Any]) -> None:
         text = content.get("content")
@@ -256,7 +372,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             message_id=answer.id,
             model=answer.model,
             history=started.history,
-            send=self.send_json,
+            send=self.send_frames,
             origin=self.channel_name,
             price=started.price,
         )
@@ -290,8 +406,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.known = {}
             await self.channel_layer.group_add(viewers_group(conversation_id), self.channel_name)
         if announce:
-            recent = await self._recent_answers(conversation_id)
-            await self.send_json(frames.watching(conversation_id, recent))
+            recent, replayed = await self._recent_answers(conversation_id)
+            await self.send_frames([*replayed, frames.watching(conversation_id, recent)])
             # Answers streaming now, here or in another process, reply with chat.snapshot.
             await self._ask_for_snapshot(conversation_id)
 
@@ -307,10 +423,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if ended is None:
             await self._ask_for_snapshot(conversation.id, answer.id)
         else:
-            await self.send_json(
-                frames.snapshot(ended.id, conversation.id, ended.content, ended.reasoning)
-            )
-            await self.send_json(frames.message_end(ended, getattr(ended, "usage", None)))
+            await self.send_frames(frames.replay(ended))
 
     async def stop(self, message_id: int) -> None:
         conversation_id = await self._streaming_answer_conversation(message_id)
@@ -353,15 +466,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return found
 
     @database_sync_to_async
-    def _recent_answers(self, conversation_id: int) -> list[dict[str, Any]]:
-        """The last answers that ended, so a tab that was away sees how they ended."""
+    def _recent_answers(self, conversation_id: int) -> tuple[list[Frame], list[Frame]]:
+        """The last answers that ended, so a tab that was away sees how they ended: those
+        that fit in `watching`, and the frames that replay the others."""
         answers = (
             Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
             .exclude(state=Message.State.STREAMING)
             .select_related("usage")
             .order_by("-id")[:RECENT_ANSWERS]
         )
-        return [frames.recent_answer(answer) for answer in answers]
+        recent: list[Frame] = []
+        replayed: list[Frame] = []
+        room = frames.TEXT_PER_FRAME
+        for answer in answers:  # newest first
+            size = len(answer.content) + len(answer.reasoning)
+            if size <= room:
+                recent.append(frames.recent_answer(answer))
+                room -= size
+            else:
+                replayed[:0] = frames.replay(answer)  # oldest first
+        return recent, replayed
 
     @database_sync_to_async
     def _ended_answer(self, message_id: int) -> Message | None:
@@ -430,15 +554,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         reasoning = event["reasoning"][max(0, known[1] - event["reasoning_offset"]) :]
         known[0] = max(known[0], event["content_offset"] + len(event["content"]))
         known[1] = max(known[1], event["reasoning_offset"] + len(event["reasoning"]))
-        if content or reasoning:
-            await self.send_json(frames.delta(event["message_id"], content, reasoning))
+        await self.send_frames(frames.deltas(event["message_id"], content, reasoning))
 
     async def chat_snapshot(self, event: dict[str, Any]) -> None:
         if event["conversation_id"] != self.watching:
             return
         self.known[event["message_id"]] = [len(event["content"]), len(event["reasoning"])]
-        await self.send_json(
-            frames.snapshot(
+        await self.send_frames(
+            frames.snapshot_in_parts(
                 event["message_id"], event["conversation_id"], event["content"], event["reasoning"]
             )
         )
@@ -466,7 +589,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # ended): the text as saved, then the end.
             saved = await self._saved_text(frame["message_id"])
             if saved is not None:
-                await self.send_json(frames.snapshot(frame["message_id"], *saved))
+                await self.send_frames(frames.snapshot_in_parts(frame["message_id"], *saved))
         await self.send_json(frame)
 
 

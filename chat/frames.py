@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 
 Frame = dict[str, Any]
 
+# Daphne sends no websocket message over 1 MiB (its websocket_max_message_size limits both
+# ways), so a long text goes in several frames, each with at most this many characters of
+# it: at most 12 bytes each in ASCII JSON (an escaped surrogate pair), 768 KiB in all.
+TEXT_PER_FRAME = 65536
+
 # -- Server to browser (docs/protocol.md) ------------------------------------------------
 
 
@@ -54,6 +59,24 @@ def snapshot(message_id: int, conversation_id: int, content: str, reasoning: str
     }
 
 
+def snapshot_in_parts(
+    message_id: int, conversation_id: int, content: str, reasoning: str
+) -> list[Frame]:
+    """A `snapshot` of the text's beginning, then `delta`s of the rest: frames small
+    enough to send (protocol.md, `snapshot`)."""
+    half = TEXT_PER_FRAME // 2
+    first = snapshot(message_id, conversation_id, content[:half], reasoning[:half])
+    return [first, *deltas(message_id, content[half:], reasoning[half:])]
+
+
+def replay(message: Message) -> list[Frame]:
+    """An answer that ended, as if it streamed now: for a text too long for `watching`."""
+    text = snapshot_in_parts(
+        message.id, message.conversation_id, message.content, message.reasoning
+    )
+    return [*text, message_end(message, getattr(message, "usage", None))]
+
+
 def message_start(
     user_message: Message, answer: Message, history_dropped: int, client_id: str | None = None
 ) -> Frame:
@@ -76,6 +99,15 @@ def message_start(
 def delta(message_id: int, content: str, reasoning: str) -> Frame:
     """`delta`: text arrived, to append (protocol.md)."""
     return {"type": "delta", "message_id": message_id, "content": content, "reasoning": reasoning}
+
+
+def deltas(message_id: int, content: str, reasoning: str) -> list[Frame]:
+    """`delta` frames carrying `content` and `reasoning`, each small enough to send."""
+    half = TEXT_PER_FRAME // 2
+    return [
+        delta(message_id, content[i : i + half], reasoning[i : i + half])
+        for i in range(0, max(len(content), len(reasoning)), half)
+    ]
 
 
 def message_end(message: Message, usage: Usage | None) -> Frame:

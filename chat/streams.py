@@ -40,7 +40,8 @@ GROUP_FLUSH_SECONDS = 0.05
 # Runs of this process by message id: the local fast path for Stop, and what shutdown ends.
 RUNNING: dict[int, AnswerRun] = {}
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# Sends frames that go together (a long text in parts) to the asking socket.
+Send = Callable[[list[dict[str, Any]]], Awaitable[None]]
 # What the channel layer raises when Redis fails (the in-memory layer raises none of them).
 LAYER_ERRORS: tuple[type[Exception], ...] = (RedisError,)
 # How long the control channel of an answer waits before it tries Redis again.
@@ -348,9 +349,10 @@ class AnswerRun:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             out, self._outbox = self._outbox, Delta()
-            if (out.content or out.reasoning) and self._send is not None:
+            parts = frames.deltas(self.message_id, out.content, out.reasoning)
+            if parts and self._send is not None:
                 try:
-                    await self._send(frames.delta(self.message_id, out.content, out.reasoning))
+                    await self._send(parts)
                 except Exception:  # the socket went away between two deltas
                     self._send = None
                     self.origin = None
@@ -563,7 +565,7 @@ class AnswerRun:
         """Send `message.end` to the asking socket and to the conversation's watchers."""
         if self._send is not None:
             try:
-                await self._send(frame)
+                await self._send([frame])
             except Exception:
                 self._send = None
                 self.origin = None

@@ -390,6 +390,14 @@ UPSTREAM_MODELS_CACHE_SECONDS = envint("UPSTREAM_MODELS_CACHE_SECONDS", 600)
 # How often a streaming answer's text is saved, so that a killed process loses at most
 # this much of it (0: only at the end).
 STREAM_CHECKPOINT_SECONDS = envfloat("STREAM_CHECKPOINT_SECONDS", 5.0)
+# Daphne buffers whatever the app sends a socket, however slowly its client reads: a socket
+# whose frames the browser has not acknowledged pass this many bytes is closed (the page
+# reconnects and reloads the answer). At least four times the page's ack interval, 64 KiB.
+CHAT_SOCKET_BUFFER_BYTES = envint("CHAT_SOCKET_BUFFER_BYTES", 8 * 1024 * 1024)
+if CHAT_SOCKET_BUFFER_BYTES < 256 * 1024:
+    raise ImproperlyConfigured(
+        f"CHAT_SOCKET_BUFFER_BYTES must be at least 262144 (256 KiB), not {CHAT_SOCKET_BUFFER_BYTES}"
+    )
 
 LOGGING = {
     "version": 1,

@@ -162,6 +162,7 @@ class FakeUpstream:
         self._stalls: list[asyncio.Future[None]] = []
         self._gates: deque[asyncio.Future[None]] = deque()  # paced replies waiting
         self._paces = 0  # next_piece() calls no paced reply waited for yet
+        self._held: list[asyncio.StreamWriter] = []  # paced replies' writers, waiting
         started = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
         self._thread.start()
@@ -209,14 +210,40 @@ class FakeUpstream:
 
         self._loop.call_soon_threadsafe(grant)
 
-    async def _paced(self) -> None:
+    async def _paced(self, writer: asyncio.StreamWriter) -> None:
         if self._paces:
             self._paces -= 1
             return
         gate = self._loop.create_future()
         self._gates.append(gate)
         self._stalls.append(gate)  # reset() releases it too
-        await gate
+        self._held.append(writer)
+        try:
+            await gate
+        finally:
+            self._held.remove(writer)
+
+    def read_to_the_gate(self) -> bool:
+        """Whether a paced reply waits for next_piece() and its client has read every
+        byte sent before: nothing in this server's buffers nor in the kernel's, both ways."""
+
+        async def check() -> bool:
+            return bool(self._held) and all(
+                not w.transport.get_write_buffer_size() for w in self._held
+            )
+
+        if not asyncio.run_coroutine_threadsafe(check(), self._loop).result(10):
+            return False
+        port = f"{self.port:04X}"
+        with open("/proc/net/tcp") as table:  # the kernel's queues of each TCP socket
+            for line in table.readlines()[1:]:
+                _, local, remote, _, queues = line.split()[:5]
+                if (
+                    port in (local.split(":")[1], remote.split(":")[1])
+                    and queues != "00000000:00000000"
+                ):
+                    return False
+        return True
 
     def stream_requests(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST"]
@@ -296,7 +323,7 @@ class FakeUpstream:
                 if index and reply.delay:
                     await asyncio.sleep(reply.delay)
                 if index and reply.paced:
-                    await self._paced()
+                    await self._paced(writer)
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
                 sent += piece

@@ -97,9 +97,10 @@ def daphne(env: dict[str, str], log: Path) -> Iterator[str]:
 
 @contextmanager
 def daphne_process(
-    env: dict[str, str], log: Path, port: int | None = None
+    env: dict[str, str], log: Path, port: int | None = None, options: tuple[str, ...] = ()
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Daphne in its own process, answering /healthz; the URL and the process."""
+    """Daphne in its own process, answering /healthz; the URL and the process.
+    `options` are more of Daphne's command-line options."""
     port = port or free_port()
     with open(log, "ab") as out:
         process = subprocess.Popen(
@@ -111,6 +112,7 @@ def daphne_process(
                 "127.0.0.1",
                 "-p",
                 str(port),
+                *options,
                 "chatsite.asgi:application",
             ],
             cwd=ROOT,

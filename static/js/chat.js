@@ -21,6 +21,9 @@ const SOCKET_URL = `${location.protocol === "https:" ? "wss:" : "ws:"}//${locati
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
 const PING_INTERVAL_MS = 25000;
+// The server closes a socket that leaves more than CHAT_SOCKET_BUFFER_BYTES of its frames
+// unacknowledged, rather than buffer them for a reader that is gone or stuck.
+const ACK_EVERY_CHARS = 65536;
 const STATE_LABELS = {
   streaming: "streaming…",
   stopped: "stopped",
@@ -34,6 +37,8 @@ let currentConversationId = toId(messagesEl.dataset.conversationId);
 let socket = null;
 let retryDelay = RETRY_MIN_MS;
 let pingTimer = null;
+let received = 0; // characters of the frames this socket has received (docs/protocol.md, `ack`)
+let acknowledged = 0;
 // {content, conversationId, model, clientId} from a send until its message.start or an error;
 // kept across a reconnect, which sends it again with the same clientId (docs/protocol.md, send).
 let pendingSend = null;
@@ -450,6 +455,8 @@ function sendPending() {
 const CLOSE_LOGGED_OUT = 4401;
 
 function connect() {
+  received = 0;
+  acknowledged = 0;
   socket = new WebSocket(SOCKET_URL);
   socket.addEventListener("open", onSocketOpen);
   socket.addEventListener("message", onSocketMessage);
@@ -481,7 +488,17 @@ function onSocketClose(event) {
   retryDelay = Math.min(retryDelay * 2, RETRY_MAX_MS);
 }
 
+function acknowledge(data) {
+  received += data.length;
+  if (received - acknowledged < ACK_EVERY_CHARS) return;
+  acknowledged = received;
+  sendFrame({ type: "ack", received });
+}
+
 function onSocketMessage(event) {
+  // Acknowledged as it arrives, before the work of showing it. A page too busy to read its
+  // frames is closed (4408), then reconnects and reloads its answers as after any lost socket.
+  acknowledge(event.data);
   let frame;
   try {
     frame = JSON.parse(event.data);
