@@ -8,6 +8,7 @@ and each holding a pooled database connection meanwhile (docs/benchmarks.md, sce
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -33,6 +34,14 @@ def _lower_priority() -> None:
             pass
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def hashing_threads() -> ThreadPoolExecutor:
     """The process's PASSWORD_HASHING_THREADS threads that hash passwords, in turn."""
     global _executor
@@ -52,6 +61,7 @@ class PBKDF2PasswordHasher(hashers.PBKDF2PasswordHasher):
 
     def encode(self, password: str, salt: str, iterations: int | None = None) -> str:
         # Waiting its turn, a login holds no pooled connection: a burst would empty the pool.
-        if not connection.in_atomic_block:
+        # (An event loop's thread holds none: Django refuses database calls there.)
+        if not connection.in_atomic_block and not _in_event_loop():
             connection.close()
         return hashing_threads().submit(super().encode, password, salt, iterations).result()

@@ -165,16 +165,19 @@ def test_a_retry_after_its_conversation_was_deleted_starts_nothing(alice):
     reason="SQLite runs one write transaction at a time: two sends cannot interleave",
 )
 def test_two_sends_of_one_client_id_racing_in_two_threads_start_one_answer(alice, monkeypatch):
-    # Both threads wait here, past the look-up that finds no earlier send, until both
-    # are: then both save, and the unique key lets one commit.
-    both_looked = threading.Barrier(2, timeout=60)
+    # The first send holds its transaction open, its answer saved, until the second is
+    # waiting for the user's row: then the second finds the first's key once it commits.
+    first_saved, release = threading.Event(), threading.Event()
     save = Conversation.start_answer
 
-    def start_in_step(self, *args, **kwargs):
-        both_looked.wait()
-        return save(self, *args, **kwargs)
+    def start_and_hold(self, *args, **kwargs):
+        saved = save(self, *args, **kwargs)
+        if not first_saved.is_set():
+            first_saved.set()
+            release.wait(60)
+        return saved
 
-    monkeypatch.setattr(Conversation, "start_answer", start_in_step)
+    monkeypatch.setattr(Conversation, "start_answer", start_and_hold)
     results: list = []
 
     def send() -> None:
@@ -185,13 +188,21 @@ def test_two_sends_of_one_client_id_racing_in_two_threads_start_one_answer(alice
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=send) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert [type(r).__name__ for r in results].count("StartedAnswer") == 1, results
-    assert {r.answer.id for r in results} == set(
-        Message.objects.filter(role="assistant").values_list("id", flat=True)
-    )
+    first, second = threading.Thread(target=send), threading.Thread(target=send)
+    first.start()
+    assert first_saved.wait(60)
+    second.start()
+    with connection.cursor() as cursor:
+        for _ in range(6000):  # a hang guard of a minute, not a deadline
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            if cursor.fetchone()[0]:
+                break
+            threading.Event().wait(0.01)
+        else:
+            raise AssertionError("the second send never waited for the first")
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert sorted(type(r).__name__ for r in results) == ["ResentAnswer", "StartedAnswer"], results
+    assert results[0].answer.id == results[1].answer.id
     assert Conversation.objects.count() == 1 and Message.objects.count() == 2
