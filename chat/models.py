@@ -83,6 +83,15 @@ def streams_started_after() -> dt.datetime:
     return timezone.now() - dt.timedelta(seconds=settings.UPSTREAM_TOTAL_TIMEOUT + 60)
 
 
+def of_dead_processes(rows: models.QuerySet, host: str, alive: Callable[[int], bool]) -> list[int]:
+    """The ids of `rows` whose `worker` ("host:pid") is a process of `host` that is gone."""
+    return [
+        row.pk
+        for row in rows.filter(worker__startswith=f"{host}:").only("pk", "worker")
+        if not alive(int(row.worker.rpartition(":")[2] or 0))
+    ]
+
+
 class MessageQuerySet(models.QuerySet):
     def orphans(self, host: str, alive: Callable[[int], bool], started_before: dt.datetime):
         """Answers left "streaming" by a process that is gone.
@@ -91,11 +100,7 @@ class MessageQuerySet(models.QuerySet):
         process that are older than the longest answer allowed (a host that never came back).
         """
         rows = self.filter(state=Message.State.STREAMING)
-        gone = [
-            row.pk
-            for row in rows.filter(worker__startswith=f"{host}:").only("pk", "worker")
-            if not alive(int(row.worker.rpartition(":")[2] or 0))
-        ]
+        gone = of_dead_processes(rows, host, alive)
         return rows.filter(Q(pk__in=gone) | Q(created_at__lt=started_before))
 
 
@@ -752,11 +757,7 @@ def budget_status(user, budget: Budget | None = None) -> BudgetStatus | None:
 class OpenSocketQuerySet(models.QuerySet):
     def stale(self, now: dt.datetime, host: str, alive: Callable[[int], bool]):
         """Rows that no longer count: not renewed in time, or of a dead process on `host`."""
-        gone = [
-            row.pk
-            for row in self.filter(worker__startswith=f"{host}:").only("pk", "worker")
-            if not alive(int(row.worker.rpartition(":")[2] or 0))
-        ]
+        gone = of_dead_processes(self, host, alive)
         return self.filter(Q(pk__in=gone) | Q(expires_at__lte=now))
 
 

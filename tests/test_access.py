@@ -4,41 +4,29 @@ sockets at once, and every request on a socket checks that they still have it.""
 from __future__ import annotations
 
 import time
-from importlib import import_module
 
 import pytest
 from channels.db import database_sync_to_async
-from django.conf import settings as django_settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from chat.models import Conversation, Message, Usage
 from tests.conftest import Socket
+from tests.sessions import SessionStore, logged_in_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SessionStore = import_module(django_settings.SESSION_ENGINE).SessionStore
 HANG_GUARD = 60  # seconds: against a hang, not a deadline
-
-
-@database_sync_to_async
-def _session_of(user: User) -> str:
-    """A real logged-in session for a user, as the login view leaves it: its key."""
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    return session.session_key
 
 
 async def _logged_in_socket(user: User) -> Socket:
     """A socket opened with a logged-in session, as a browser's (AuthMiddlewareStack puts
     the session in the scope)."""
     socket = Socket(user)
-    socket.comm.scope["session"] = SessionStore(session_key=await _session_of(user))
+    socket.comm.scope["session"] = SessionStore(
+        session_key=await database_sync_to_async(logged_in_session)(user)
+    )
     return await socket.connect()
 
 

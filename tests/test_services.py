@@ -4,36 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from importlib import import_module
 
 import pytest
-from django.conf import settings as django_settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import User
 from django.utils import timezone
 
 from chat.billing import Price
 from chat.models import Budget, Conversation, Message, ModelPrice, UsageDay
 from chat.services import Refused, StartedAnswer, start_answer
+from tests.sessions import SessionStore, logged_in_session
 
 pytestmark = pytest.mark.django_db
-
-SessionStore = import_module(django_settings.SESSION_ENGINE).SessionStore
 
 
 @pytest.fixture
 def session_of() -> Callable[[User], str]:
-    """A real logged-in session for a user, as the login view leaves it: its key."""
-
-    def make(user: User) -> str:
-        session = SessionStore()
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.create()
-        return session.session_key
-
-    return make
+    return logged_in_session
 
 
 def saved() -> tuple[int, int]:
