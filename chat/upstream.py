@@ -16,7 +16,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -520,30 +520,6 @@ def shared_client(connect_timeout: float = 10.0) -> httpx.AsyncClient:
     return client
 
 
-class TimedReads(httpx.AsyncByteStream):
-    """A response's body whose every network read must end by `until`, which the reader
-    moves on as events arrive: a timer per read, not per event (one read can carry
-    hundreds of events, and arming a timer costs about as much as parsing one)."""
-
-    def __init__(self, response: httpx.Response, until: float) -> None:
-        self.response = response
-        self.until = until
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        stream = self.response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)  # an AsyncClient's response
-        reads = aiter(stream)
-        while True:
-            async with asyncio.timeout_at(self.until):
-                chunk = await anext(reads, None)
-            if chunk is None:
-                return
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self.response.aclose()
-
-
 class Upstream:
     def __init__(
         self,
@@ -634,24 +610,17 @@ class Upstream:
                 response = await self.client.send(request, stream=True)
                 await self._check_response(response)
             answer.accepted = True
-            reads = TimedReads(response, until)
             # We ask for no compression (it holds events back); httpx decodes it anyway.
-            timed = httpx.Response(
-                response.status_code,
-                headers=response.headers,
-                stream=reads,
-                request=response.request,
-            )
-            events = EventSource(timed).aiter_sse()
+            events = EventSource(response).aiter_sse()
             while True:
-                event = await anext(events, None)
+                async with asyncio.timeout_at(until):
+                    event = await anext(events, None)
                 if event is None:
                     return
                 try:
                     delta = self.dialect.feed(event, answer)
                 except StreamEnd:
-                    reads.until = min(deadline, loop.time() + 1.0)
-                    await self._finish_body(timed, events)
+                    await self._finish_body(response, events, min(deadline, loop.time() + 1.0))
                     return
                 if delta is not None:
                     got_token = True
@@ -659,7 +628,7 @@ class Upstream:
                     yield delta
                 # Keepalives and empty deltas still prove the upstream is alive.
                 limit = self.timeouts.idle if got_token else self.timeouts.first_token
-                reads.until = min(deadline, loop.time() + limit)
+                until = min(deadline, loop.time() + limit)
         except TimeoutError:
             if loop.time() >= deadline - 0.001:
                 raise UpstreamError(
@@ -706,17 +675,18 @@ class Upstream:
 
     @staticmethod
     async def _finish_body(
-        response: httpx.Response, events: AsyncGenerator[ServerSentEvent, None]
+        response: httpx.Response, events: AsyncGenerator[ServerSentEvent, None], until: float
     ) -> None:
         """Read what follows the stream's end (the HTTP body's last bytes), so that the
         connection goes back to the pool: otherwise every answer opened a new connection,
         a TCP and TLS handshake before its first token. Given up, and the connection
-        closed, after 64 KiB or past the reads' deadline."""
+        closed, after 64 KiB or past `until`."""
         limit = response.num_bytes_downloaded + 65536
         try:
-            while response.num_bytes_downloaded < limit:
-                if await anext(events, None) is None:
-                    return
+            async with asyncio.timeout_at(until):
+                while response.num_bytes_downloaded < limit:
+                    if await anext(events, None) is None:
+                        return
         except (TimeoutError, httpx.HTTPError):
             return  # the answer is complete: a slow or broken tail changes nothing
 
