@@ -35,6 +35,7 @@ from chat.streams import (
     stop_answer,
     viewers_group,
 )
+from chat.upstream import UNENCODABLE
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -448,15 +449,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise Refused(
                 "bad_frame", f"{what} holds a NUL character (U+0000), which cannot be stored."
             )
-        try:
-            text.encode()
-        except UnicodeEncodeError as exc:
+        found = UNENCODABLE.search(text)  # (the decoder's definition: now a lone surrogate)
+        if found is not None:
             raise Refused(
                 "bad_frame",
-                f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}, half of a "
-                f"character such as an emoji) at character {exc.start + 1}, which cannot be "
-                "stored.",
-            ) from None
+                f"{what} holds a lone surrogate (U+{ord(found.group()):04X}, half of a "
+                f"character such as an emoji) at character {found.start() + 1}, which cannot "
+                "be stored.",
+            )
 
     @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:
