@@ -117,7 +117,16 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    # A conversation is a tree: an edit is a sibling of the message it replaces, a
+    # regenerated answer a sibling of the answer. Roots (first messages) have no parent.
+    parent = models.ForeignKey(
+        "self", models.CASCADE, null=True, blank=True, related_name="children"
+    )
+    # Among siblings, the one selected last is on the active path (Conversation.path()).
+    selected_at = models.DateTimeField(default=timezone.now)
     role = models.CharField(max_length=20, choices=Role.choices)
+    # An answer's purpose, copied to its ledger row (Usage.Purpose); blank for a user's message.
+    purpose = models.CharField(max_length=20, blank=True)
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.COMPLETE)
@@ -356,6 +365,12 @@ class Usage(models.Model):
         ESTIMATED = "estimated", "estimated: the stream ended before any usage report"
         NONE = "none", "none: the upstream refused the request"
 
+    class Purpose(models.TextChoices):
+        ANSWER = "answer", "an answer to a message (sent or edited)"
+        REGENERATE = "regenerate", "an answer again (regenerate or retry)"
+        CONTINUE = "continue", "the rest of an answer that was cut"
+        TITLE = "title", "a conversation's title"
+
     class CostSource(models.TextChoices):
         REPORTED = "reported", "reported by the upstream"
         COMPUTED = "computed", "tokens at the stored price"
@@ -375,6 +390,7 @@ class Usage(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     api_style = models.CharField(max_length=30, default="chat_completions")
+    purpose = models.CharField(max_length=20, choices=Purpose.choices, default=Purpose.ANSWER)
     requested_model = models.CharField(max_length=100, blank=True)
     model = models.CharField(max_length=100, blank=True, help_text="as the upstream answered")
     response_id = models.CharField(max_length=200, blank=True)
