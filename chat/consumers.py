@@ -24,8 +24,16 @@ from django.dispatch import receiver
 from chat import frames
 from chat.frames import Frame
 from chat.limits import SOCKETS
-from chat.models import Conversation, Message
-from chat.services import Refused, ResentAnswer, check_session, start_answer
+from chat.models import Conversation, Message, Usage
+from chat.services import (
+    Refused,
+    ResentAnswer,
+    StartedAnswer,
+    answer_again,
+    check_session,
+    select_branch,
+    start_answer,
+)
 from chat.streams import (
     LAYER_ERRORS,
     RUNNING,
@@ -236,12 +244,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 raise Refused("bad_frame", "A frame must be a JSON object.")
             kind = content.get("type")
             # (`send` checks the session in the same trip to the database as its writes.)
-            if kind in ("watch", "stop"):
+            if kind in ("watch", "stop", "switch"):
                 await database_sync_to_async(check_session)(self.user, self.session_key)
             if kind == "ack":
                 self.acknowledge(content)
             elif kind == "send":
                 await self.send_message(content)
+            elif kind == "edit":
+                await self.edit(content)
+            elif kind == "regenerate":
+                await self.answer_again(content, Usage.Purpose.REGENERATE)
+            elif kind == "continue":
+                await self.answer_again(content, Usage.Purpose.CONTINUE)
+            elif kind == "switch":
+                await self.switch(self._int_field(content, "message_id"))
             elif kind == "watch":
                 await self.watch(self._int_field(content, "conversation_id"))
             elif kind == "stop":
@@ -329,42 +345,65 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise Refused("bad_frame", "That is not where a frame ended.")
 
     async def send_message(self, content: dict[str, Any]) -> None:
-        text = content.get("content")
-        if not isinstance(text, str):
-            raise Refused("bad_frame", "The field 'content' must be a string.")
-        if not text.strip():
-            raise Refused("empty", "Type a message first.")
-        if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
-            raise Refused(
-                "too_long",
-                f"That message is {len(text)} characters long; the limit is "
-                f"{settings.CHAT_MAX_MESSAGE_CHARS}.",
-            )
-        self._storable(text, "The message")
+        text = self._text_field(content)
         conversation_id = content.get("conversation_id")
         if conversation_id is not None:
             conversation_id = self._int_field(content, "conversation_id")
-        model = content.get("model")
-        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 100):
-            raise Refused("bad_frame", "The field 'model' must be a model name.")
-        if model is not None:
-            self._storable(model, "The model name")
-        client_id = content.get("client_id")
-        if client_id is not None and not (
-            isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
-        ):
-            raise Refused("bad_frame", "The field 'client_id' must be 1 to 64 of A-Z a-z 0-9 - _.")
-        if not settings.XAI_API_KEY:
-            raise Refused(
-                "no_api_key",
-                "No xAI API key is configured. Set XAI_API_KEY and restart the app.",
-            )
-
+        parent_id = content.get("parent_id")
+        if parent_id is not None:
+            if conversation_id is None:
+                raise Refused("bad_frame", "A new conversation's message follows no message.")
+            parent_id = self._int_field(content, "parent_id")
+        model, client_id = self._model_field(content), self._client_id_field(content)
+        self._check_api_key()
         started = await database_sync_to_async(start_answer)(
-            self.user, self.session_key, conversation_id, text, model, client_id
+            self.user,
+            self.session_key,
+            conversation_id,
+            text,
+            model,
+            client_id,
+            parent_id=parent_id,
         )
+        await self._begin(started, client_id, announce=conversation_id is None)
+
+    async def edit(self, content: dict[str, Any]) -> None:
+        edited = self._int_field(content, "message_id")
+        text = self._text_field(content)
+        conversation_id = self._int_field(content, "conversation_id")
+        model, client_id = self._model_field(content), self._client_id_field(content)
+        self._check_api_key()
+        started = await database_sync_to_async(start_answer)(
+            self.user, self.session_key, conversation_id, text, model, client_id, edit_of=edited
+        )
+        await self._begin(started, client_id, announce=False)
+
+    async def answer_again(self, content: dict[str, Any], purpose: str) -> None:
+        answer_id = self._int_field(content, "message_id")
+        model = self._model_field(content) if purpose == Usage.Purpose.REGENERATE else None
+        client_id = self._client_id_field(content)
+        self._check_api_key()
+        started = await database_sync_to_async(answer_again)(
+            self.user, self.session_key, answer_id, purpose, model, client_id
+        )
+        await self._begin(started, client_id, announce=False)
+
+    async def switch(self, message_id: int) -> None:
+        conversation_id, path = await database_sync_to_async(select_branch)(self.user, message_id)
+        # Every tab of the conversation (this one too) shows the branch: one path for all.
+        await self.channel_layer.group_send(
+            viewers_group(conversation_id), frames.chat_branch(conversation_id, message_id, path)
+        )
+        if self.watching != conversation_id:
+            await self.send_json(frames.branch(conversation_id, message_id, path))
+
+    async def _begin(
+        self, started: StartedAnswer | ResentAnswer, client_id: str | None, announce: bool
+    ) -> None:
+        """Start the answer a request saved and show it here and in the other tabs (or, for
+        a request sent again, show the answer its first try started)."""
         if isinstance(started, ResentAnswer):
-            await self.attach(started, client_id, announce=conversation_id is None)
+            await self.attach(started, client_id, announce=announce)
             return
         conversation, answer = started.conversation, started.answer
         run = AnswerRun(
@@ -376,12 +415,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             send=self.send_frames,
             origin=self.channel_name,
             price=started.price,
+            purpose=answer.purpose,
+            prefix=answer.content,
         )
         try:
             if started.created:
                 await self.send_json(frames.conversation(conversation, answer.model))
             await self.watch(conversation.id, announce=False, owned=True)
-            start = frames.message_start(started.user_message, answer, started.dropped, client_id)
+            start = frames.message_start(
+                started.user_message, answer, started.dropped, client_id, started.siblings
+            )
             await self.send_json(start)
         finally:
             # Its row is written: the answer streams and is saved even if Redis failed just
@@ -418,7 +461,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if announce:  # the tab asked for a new conversation: this is it
             await self.send_json(frames.conversation(conversation, answer.model))
         await self.watch(conversation.id, announce=False, owned=True)
-        await self.send_json(frames.message_start(resent.user_message, answer, 0, client_id))
+        await self.send_json(
+            frames.message_start(resent.user_message, answer, 0, client_id, resent.siblings)
+        )
         # Read after joining the group: from now on its end reaches this socket anyway.
         ended = await self._ended_answer(answer.id)
         if ended is None:
@@ -440,6 +485,46 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise Refused("bad_frame", f"The field {name!r} must be a positive integer.")
         return value
+
+    def _text_field(self, content: dict[str, Any]) -> str:
+        text = content.get("content")
+        if not isinstance(text, str):
+            raise Refused("bad_frame", "The field 'content' must be a string.")
+        if not text.strip():
+            raise Refused("empty", "Type a message first.")
+        if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+            raise Refused(
+                "too_long",
+                f"That message is {len(text)} characters long; the limit is "
+                f"{settings.CHAT_MAX_MESSAGE_CHARS}.",
+            )
+        self._storable(text, "The message")
+        return text
+
+    def _model_field(self, content: dict[str, Any]) -> str | None:
+        model = content.get("model")
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 100):
+            raise Refused("bad_frame", "The field 'model' must be a model name.")
+        if model is not None:
+            self._storable(model, "The model name")
+        return model
+
+    @staticmethod
+    def _client_id_field(content: dict[str, Any]) -> str | None:
+        client_id = content.get("client_id")
+        if client_id is not None and not (
+            isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
+        ):
+            raise Refused("bad_frame", "The field 'client_id' must be 1 to 64 of A-Z a-z 0-9 - _.")
+        return client_id
+
+    @staticmethod
+    def _check_api_key() -> None:
+        if not settings.XAI_API_KEY:
+            raise Refused(
+                "no_api_key",
+                "No xAI API key is configured. Set XAI_API_KEY and restart the app.",
+            )
 
     @staticmethod
     def _storable(text: str, what: str) -> None:
@@ -469,8 +554,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     def _recent_answers(self, conversation_id: int) -> tuple[list[Frame], list[Frame]]:
         """The last answers that ended, so a tab that was away sees how they ended: those
         that fit in `watching`, and the frames that replay the others."""
+        path = Conversation(pk=conversation_id).tree().path()
         answers = (
-            Message.objects.filter(conversation_id=conversation_id, role=Message.Role.ASSISTANT)
+            Message.objects.filter(id__in=path, role=Message.Role.ASSISTANT)
             .exclude(state=Message.State.STREAMING)
             .select_related("usage")
             .order_by("-id")[:RECENT_ANSWERS]
@@ -534,7 +620,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_start(self, event: dict[str, Any]) -> None:
         if self._visible(event):
             frame = event["frame"]
-            self.known[frame["message"]["id"]] = [0, 0]
+            self.known[frame["message"]["id"]] = [len(frame["message"]["content"]), 0]
             await self.send_json(frame)
             # Tell the answer it is followed: it replies with a snapshot, then sends deltas.
             await self._ask_for_snapshot(frame["conversation_id"], frame["message"]["id"])
@@ -565,6 +651,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 event["message_id"], event["conversation_id"], event["content"], event["reasoning"]
             )
         )
+
+    async def chat_branch(self, event: dict[str, Any]) -> None:
+        if event["conversation_id"] == self.watching:
+            await self.send_json(
+                frames.branch(event["conversation_id"], event["message_id"], event["path"])
+            )
 
     async def session_ended(self, event: dict[str, Any]) -> None:
         await self._end_session()

@@ -14,6 +14,7 @@ from chat.billing import TOKEN_FIELDS
 
 if TYPE_CHECKING:
     from chat.models import Conversation, Message, Usage
+    from chat.services import Siblings
 
 Frame = dict[str, Any]
 
@@ -78,19 +79,34 @@ def replay(message: Message) -> list[Frame]:
 
 
 def message_start(
-    user_message: Message, answer: Message, history_dropped: int, client_id: str | None = None
+    user_message: Message,
+    answer: Message,
+    history_dropped: int,
+    client_id: str | None = None,
+    siblings: Siblings | None = None,
 ) -> Frame:
-    """`message.start`: the answer is about to stream (protocol.md)."""
+    """`message.start`: the answer is about to stream (protocol.md). `siblings`: the ids of
+    each message's siblings, itself included (Siblings), else it has none."""
     return {
         "type": "message.start",
         "conversation_id": answer.conversation_id,
         "client_id": client_id,
-        "user_message": {"id": user_message.id, "role": "user", "content": user_message.content},
+        "user_message": {
+            "id": user_message.id,
+            "role": "user",
+            "content": user_message.content,
+            "parent_id": user_message.parent_id,
+            "siblings": siblings.user_message if siblings else [user_message.id],
+        },
         "message": {
             "id": answer.id,
             "role": "assistant",
             "state": answer.state,
             "model": answer.model,
+            "parent_id": answer.parent_id,
+            "siblings": siblings.answer if siblings else [answer.id],
+            "purpose": answer.purpose,
+            "content": answer.content if answer.state == "streaming" else "",
         },
         "history_dropped": history_dropped,
     }
@@ -133,6 +149,17 @@ def usage_of(usage: Usage) -> Frame:
         "source": usage.source,
         "cost_usd": usage.cost_usd_text or None,
         "cost_source": usage.cost_source,
+    }
+
+
+def branch(conversation_id: int, message_id: int, path: list[int]) -> Frame:
+    """`branch`: the message `message_id` became its siblings' choice; `path` is the
+    conversation's active path now (protocol.md)."""
+    return {
+        "type": "branch",
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "path": path,
     }
 
 
@@ -224,6 +251,11 @@ def stream_snapshot(reply_to: str, message_id: int | None = None) -> Frame:
     if message_id is not None:
         request["message_id"] = message_id
     return request
+
+
+def chat_branch(conversation_id: int, message_id: int, path: list[int]) -> Frame:
+    """A `branch` frame for every socket watching the conversation."""
+    return {**branch(conversation_id, message_id, path), "type": "chat.branch"}
 
 
 def session_ended() -> Frame:

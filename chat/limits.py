@@ -85,13 +85,18 @@ def refusal_for(user, limits: Limits, now: dt.datetime | None = None) -> Refusal
 
     per_minute = limits.messages_per_minute
     if per_minute is not None:
+        # Each answer counts (a message sent, edited, or answered again or continued).
         window = mine.filter(
-            role=Message.Role.USER, created_at__gt=now - MINUTE, created_at__lte=now
+            role=Message.Role.ASSISTANT, created_at__gt=now - MINUTE, created_at__lte=now
         )
         times = list(window.values_list("created_at", flat=True))
         # Answers of deleted conversations still count: their ledger rows stand for them.
         gone = Usage.objects.filter(
-            user=user, message=None, created_at__gt=now - MINUTE, created_at__lte=now
+            user=user,
+            message=None,
+            answer_id__isnull=False,
+            created_at__gt=now - MINUTE,
+            created_at__lte=now,
         )
         times = sorted([*times, *gone.values_list("created_at", flat=True)], reverse=True)
         if len(times) >= per_minute:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -13,6 +13,9 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from chat import billing
+from chat.tree import Tree
+
+LEAF = object()  # Conversation.start_answer(): after the last message of the active path
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -51,30 +54,67 @@ class Conversation(models.Model):
         self.updated_at = timezone.now()
         self.save(update_fields=["updated_at"])
 
-    def history(self, before: int | None = None) -> list[dict[str, str]]:
-        """The turns to send upstream: every message with text, oldest first."""
-        rows = self.messages.exclude(content="")
-        if before is not None:
-            rows = rows.filter(id__lt=before)
-        return [
-            {"role": role, "content": content}
-            for role, content in rows.values_list("role", "content")
-        ]
+    def tree(self) -> Tree:
+        """The shape of the conversation, in one query of three columns."""
+        return Tree.of(self.messages.order_by().values_list("id", "parent_id", "selected_at"))
+
+    def history(self, path: list[int]) -> list[dict[str, str]]:
+        """The turns to send upstream along `path` (ids, first message first): each message
+        with text; an answer without any (failed, or stopped before its first word) is left
+        out with the message it answered, so no later turn sends it again."""
+        rows = self.messages.filter(id__in=path).order_by().values_list("id", "role", "content")
+        messages = {message_id: (role, content) for message_id, role, content in rows}
+        turns: list[dict[str, str]] = []
+        for message_id in path:
+            role, content = messages[message_id]
+            if role == Message.Role.ASSISTANT and not content:
+                if turns and turns[-1]["role"] == Message.Role.USER:
+                    turns.pop()
+            elif content:
+                turns.append({"role": role, "content": content})
+        return turns
+
+    def history_to(self, message_id: int | None) -> list[dict[str, str]]:
+        """The turns that lead to `message_id`, it included (None: none)."""
+        return [] if message_id is None else self.history(self.tree().ancestors(message_id))
+
+    def append(self, **fields: Any) -> Message:
+        """A message after the last one of the active path (for imports and tests)."""
+        return self.messages.create(parent_id=self.tree().leaf(), **fields)
 
     @transaction.atomic(savepoint=False)  # within a send's transaction: no savepoint needed
-    def start_answer(self, text: str, model: str, worker: str = "") -> tuple[Message, Message]:
-        """Save the user's message and an empty streaming answer in one transaction."""
-        user_message = self.messages.create(role=Message.Role.USER, content=text)
+    def start_answer(
+        self, text: str, model: str, worker: str = "", *, parent_id: int | None | object = LEAF
+    ) -> tuple[Message, Message]:
+        """Save the user's message after `parent_id` (by default the active path's last
+        message) and an empty streaming answer to it, both now on the active path."""
+        parent = self.tree().leaf() if parent_id is LEAF else cast("int | None", parent_id)
+        user_message = self.messages.create(role=Message.Role.USER, content=text, parent_id=parent)
+        answer = self.add_answer(user_message.pk, model, worker, Usage.Purpose.ANSWER)
+        return user_message, answer
+
+    def add_answer(
+        self, question_id: int, model: str, worker: str, purpose: str, prefix: str = ""
+    ) -> Message:
+        """An empty streaming answer to the message `question_id` (a continued one starts
+        with the text it continues), now on the active path. A new message's model
+        becomes the conversation's; another answer's doesn't."""
         answer = self.messages.create(
-            role=Message.Role.ASSISTANT, state=Message.State.STREAMING, model=model, worker=worker
+            role=Message.Role.ASSISTANT,
+            state=Message.State.STREAMING,
+            model=model,
+            worker=worker,
+            parent_id=question_id,
+            purpose=purpose,
+            content=prefix,
         )
         fields = ["updated_at"]
-        if self.model != model:
+        if purpose == Usage.Purpose.ANSWER and self.model != model:
             self.model = model
             fields.append("model")
         self.updated_at = timezone.now()
         self.save(update_fields=fields)
-        return user_message, answer
+        return answer
 
 
 def streams_started_after() -> dt.datetime:
@@ -210,10 +250,11 @@ class Message(models.Model):
         if not claimed:
             return None
         self.refresh_from_db()
-        prompt = [turn["content"] for turn in self.conversation.history(before=self.pk)]
+        prompt = [turn["content"] for turn in self.conversation.history_to(self.parent_id)]
         usage = {
             **Usage.estimated_fields(prompt, self.content, self.reasoning),
             "requested_model": self.model,
+            "purpose": self.purpose or Usage.Purpose.ANSWER,
         }
         return self.finish(user_id=self.conversation.user_id, usage=usage, state=state, error=error)
 

@@ -7,6 +7,7 @@ then sends the frames and starts the AnswerRun (docs/protocol.md, `send`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -14,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from chat import frames
 from chat.billing import Price, fit_history
 from chat.limits import limits_for, lock_user, refusal_for
-from chat.models import Conversation, Message, ModelPrice, SendKey
+from chat.models import Conversation, Message, ModelPrice, SendKey, Usage
 from chat.streams import worker_id
+from chat.tree import Tree
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -44,11 +47,12 @@ class Refused(Exception):
 class StartedAnswer:
     conversation: Conversation
     created: bool  # a new conversation: the browser gets a `conversation` frame
-    user_message: Message
-    answer: Message  # empty and streaming; its `model` is the model asked for
+    user_message: Message  # the message answered (for another answer, the one it had)
+    answer: Message  # empty and streaming (a continued one holds the text it continues)
     history: list[dict[str, str]]  # what the model sees, fitted to its context window
     dropped: int  # the oldest turns left out to fit
     price: Price | None  # in force now, when the request is made
+    siblings: Siblings  # of the user's message and of the answer, for message.start
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,28 @@ class ResentAnswer:
     conversation: Conversation
     user_message: Message
     answer: Message  # as it was read: streaming, or ended
+    siblings: Siblings
+
+
+@dataclass(frozen=True)
+class Siblings:
+    """The ids of a new message's siblings and of its answer's, themselves included."""
+
+    user_message: list[int]
+    answer: list[int]
+
+    @classmethod
+    def of(cls, tree: Tree, user_message: Message, answer: Message) -> Siblings:
+        return cls(tree.siblings(user_message.pk), tree.siblings(answer.pk))
+
+
+# What a model is asked when an answer it cut is continued (docs/protocol.md, `continue`).
+CONTINUE_PROMPT = (
+    "Your last message was cut off. Continue it from exactly where it stopped, without "
+    "repeating anything and without any preamble."
+)
+# The answers Continue applies to: cut by the length limit, or ended early.
+CONTINUABLE = (Message.State.STOPPED, Message.State.INTERRUPTED, Message.State.ERROR)
 
 
 _READ = object()  # check_session() reads the user's row itself
@@ -102,17 +128,156 @@ def start_answer(
     text: str,
     model: str | None,
     client_id: str | None = None,
+    *,
+    parent_id: int | None = None,
+    edit_of: int | None = None,
 ) -> StartedAnswer | ResentAnswer:
     """Check the session and the user's limits, then save the message and an empty answer
     and read what the model will see; or raise Refused having saved nothing.
 
     `text` is a valid message and `model` a model name or None (the consumer checks the
     frame's fields). The model is the one asked for, else the conversation's, else
-    CHAT_DEFAULT_MODEL. A `client_id` the user sent within SendKey.KEPT gives the answer
-    that send started (ResentAnswer), saving nothing and counting against no limit.
+    CHAT_DEFAULT_MODEL. The message follows `parent_id` (a message of the conversation),
+    else the last message of its active path; an edit (`edit_of`: the user's message it
+    replaces) is that message's sibling. A `client_id` the user sent within SendKey.KEPT
+    gives the answer that send started (ResentAnswer), saving nothing and counting against
+    no limit.
     """
+
+    def start() -> StartedAnswer | ResentAnswer:
+        with transaction.atomic():
+            if resent := _checked(user, session_key, client_id, conversation_id, text):
+                return resent
+            created = conversation_id is None
+            if conversation_id is None:
+                conversation = Conversation.objects.create(
+                    user=user, title=Conversation.title_from(text)
+                )
+                parent: int | None = None
+            else:
+                conversation = _conversation(user, conversation_id)
+                parent = _parent_for(conversation, parent_id, edit_of)
+            chosen = model or conversation.model or settings.CHAT_DEFAULT_MODEL
+            user_message, answer = conversation.start_answer(
+                text, chosen, worker_id(), parent_id=parent
+            )
+            if client_id:
+                SendKey.remember(user, client_id, user_message, answer)
+            tree = conversation.tree()
+            # A new conversation's history is the message just saved: no need to read it back.
+            if created:
+                history = [{"role": "user", "content": text}]
+            else:
+                history = conversation.history(tree.ancestors(user_message.pk))
+            return _started(conversation, created, user_message, answer, history, tree)
+
+    return _resent_on_race(start, user, client_id, conversation_id, text)
+
+
+def answer_again(
+    user: User,
+    session_key: str | None,
+    answer_id: int,
+    purpose: str,
+    model: str | None = None,
+    client_id: str | None = None,
+) -> StartedAnswer | ResentAnswer:
+    """Another answer to the question of the answer `answer_id`, as its sibling:
+    `Usage.Purpose.REGENERATE` (Regenerate, Retry; with `model` if given, else the
+    conversation's) or `Usage.Purpose.CONTINUE` (the answer's text and what the model adds
+    to it: only for an answer cut by the length limit or ended early). Checked and saved as
+    start_answer() does."""
+
+    def start() -> StartedAnswer | ResentAnswer:
+        with transaction.atomic():
+            if resent := _checked(user, session_key, client_id, None, None):
+                return resent
+            earlier = (
+                Message.objects.filter(
+                    id=answer_id, role=Message.Role.ASSISTANT, conversation__user=user
+                )
+                .select_related("conversation")
+                .first()
+            )
+            if earlier is None or earlier.parent_id is None:
+                logger.warning("user %s asked again for answer %s", user.pk, answer_id)
+                raise Refused("not_found", "No such answer.", message_id=answer_id)
+            if earlier.state == Message.State.STREAMING:
+                raise Refused("streaming", "That answer is still streaming.", message_id=answer_id)
+            conversation = earlier.conversation
+            prefix = ""
+            if purpose == Usage.Purpose.CONTINUE:
+                if not earlier.content or not (
+                    earlier.finish_reason == "length" or earlier.state in CONTINUABLE
+                ):
+                    raise Refused(
+                        "not_continuable",
+                        "Only an answer that was cut off can be continued.",
+                        message_id=answer_id,
+                    )
+                prefix = earlier.content
+            chosen = model or conversation.model or settings.CHAT_DEFAULT_MODEL
+            answer = conversation.add_answer(
+                earlier.parent_id, chosen, worker_id(), purpose, prefix=prefix
+            )
+            question = Message.objects.get(pk=earlier.parent_id)
+            if client_id:
+                SendKey.remember(user, client_id, question, answer)
+            tree = conversation.tree()
+            if prefix:
+                history = conversation.history(tree.ancestors(earlier.pk))
+                history.append({"role": "user", "content": CONTINUE_PROMPT})
+            else:
+                history = conversation.history(tree.ancestors(question.pk))
+            return _started(conversation, False, question, answer, history, tree)
+
+    return _resent_on_race(start, user, client_id, None, None)
+
+
+def select_branch(user: User, message_id: int) -> tuple[int, list[int]]:
+    """Make the message `message_id` the one of its siblings on the active path (with the
+    continuation it had); its conversation's id and the new active path."""
+    with transaction.atomic():
+        message = Message.objects.filter(id=message_id, conversation__user=user).first()
+        if message is None:
+            logger.warning("user %s selected message %s", user.pk, message_id)
+            raise Refused("not_found", "No such message.", message_id=message_id)
+        message.selected_at = timezone.now()
+        message.save(update_fields=["selected_at"])
+        return message.conversation_id, message.conversation.tree().path()
+
+
+def _checked(
+    user: User,
+    session_key: str | None,
+    client_id: str | None,
+    conversation_id: int | None,
+    text: str | None,
+) -> ResentAnswer | None:
+    """Lock the user and check their session; the answer a client_id started already, if
+    any; else check the limits. Within the transaction that saves the request."""
+    # Serialise one user's sends so that two at once can't both pass the limits.
+    check_session(user, session_key, lock_user(user))
+    # After the lock, which a racing send of this id held until it committed.
+    if client_id and (resent := resent_answer(user, client_id, conversation_id, text)):
+        return resent
+    refusal = refusal_for(user, limits_for(user))
+    if refusal is not None:
+        logger.info("user %s refused: %s", user.pk, refusal.code)
+        extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
+        raise Refused(refusal.code, refusal.message, **extra)
+    return None
+
+
+def _resent_on_race(
+    start: Callable[[], StartedAnswer | ResentAnswer],
+    user: User,
+    client_id: str | None,
+    conversation_id: int | None,
+    text: str | None,
+) -> StartedAnswer | ResentAnswer:
     try:
-        return _start_answer(user, session_key, conversation_id, text, model, client_id)
+        return start()
     except IntegrityError:
         # The same client_id raced in from another thread or process, and won.
         if client_id is None:
@@ -125,61 +290,64 @@ def start_answer(
 
 
 def resent_answer(
-    user: User, client_id: str, conversation_id: int | None, text: str
+    user: User, client_id: str, conversation_id: int | None, text: str | None
 ) -> ResentAnswer | None:
+    """The answer a request with this client_id started, if the user sent it before.
+    `text` None: a request for another answer, which has no text of its own."""
     key = SendKey.find(user, client_id)
     if key is None:
         return None
     if key.answer is None or key.user_message is None:
         raise Refused("not_found", "That message's conversation was deleted.")
-    if key.user_message.content != text or conversation_id not in (
+    if (text is not None and key.user_message.content != text) or conversation_id not in (
         None,
         key.answer.conversation_id,
     ):
         raise Refused("bad_frame", "That client_id was sent before with another message.")
     logger.info("user %s sent %s again: answer %s", user.pk, client_id, key.answer.pk)
-    return ResentAnswer(key.answer.conversation, key.user_message, key.answer)
+    tree = key.answer.conversation.tree()
+    siblings = Siblings.of(tree, key.user_message, key.answer)
+    return ResentAnswer(key.answer.conversation, key.user_message, key.answer, siblings)
 
 
-def _start_answer(
-    user: User,
-    session_key: str | None,
-    conversation_id: int | None,
-    text: str,
-    model: str | None,
-    client_id: str | None,
-) -> StartedAnswer | ResentAnswer:
-    with transaction.atomic():
-        # Serialise one user's sends so that two at once can't both pass the limits.
-        check_session(user, session_key, lock_user(user))
-        # After the lock, which a racing send of this id held until it committed.
-        if client_id and (resent := resent_answer(user, client_id, conversation_id, text)):
-            return resent
-        refusal = refusal_for(user, limits_for(user))
-        if refusal is not None:
-            logger.info("user %s refused: %s", user.pk, refusal.code)
-            extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
-            raise Refused(refusal.code, refusal.message, **extra)
-        created = conversation_id is None
-        if conversation_id is None:
-            conversation = Conversation.objects.create(
-                user=user, title=Conversation.title_from(text)
-            )
-        else:
-            found = Conversation.objects.for_user(user).filter(id=conversation_id).first()
-            if found is None:
-                logger.warning("user %s wrote to conversation %s", user.pk, conversation_id)
-                raise Refused("not_found", "No such conversation.", conversation_id=conversation_id)
-            conversation = found
-        model = model or conversation.model or settings.CHAT_DEFAULT_MODEL
-        user_message, answer = conversation.start_answer(text, model, worker_id())
-        if client_id:
-            SendKey.remember(user, client_id, user_message, answer)
-        price = ModelPrice.price_for(model)
-        # A new conversation's history is the message just saved: no need to read it back.
-        history = [{"role": "user", "content": text}] if created else conversation.history()
+def _conversation(user: User, conversation_id: int) -> Conversation:
+    found = Conversation.objects.for_user(user).filter(id=conversation_id).first()
+    if found is None:
+        logger.warning("user %s wrote to conversation %s", user.pk, conversation_id)
+        raise Refused("not_found", "No such conversation.", conversation_id=conversation_id)
+    return found
+
+
+def _parent_for(
+    conversation: Conversation, parent_id: int | None, edit_of: int | None
+) -> int | None:
+    """What a new message of `conversation` follows (see start_answer)."""
+    if edit_of is not None:
+        edited = conversation.messages.filter(id=edit_of, role=Message.Role.USER).first()
+        if edited is None:
+            raise Refused("not_found", "No such message to edit.", message_id=edit_of)
+        return edited.parent_id
+    if parent_id is not None:
+        if not conversation.messages.filter(id=parent_id).exists():
+            raise Refused("not_found", "No such message to follow.", message_id=parent_id)
+        return parent_id
+    return conversation.tree().leaf()
+
+
+def _started(
+    conversation: Conversation,
+    created: bool,
+    user_message: Message,
+    answer: Message,
+    history: list[dict[str, str]],
+    tree: Tree,
+) -> StartedAnswer:
+    price = ModelPrice.price_for(answer.model)
     room = settings.CHAT_CONTEXT_TOKENS - settings.CHAT_ANSWER_RESERVE_TOKENS
     history, dropped = fit_history(history, max(room, 1))
     if dropped:
         logger.info("answer %s: %d oldest messages left out to fit", answer.id, dropped)
-    return StartedAnswer(conversation, created, user_message, answer, history, dropped, price)
+    siblings = Siblings.of(tree, user_message, answer)
+    return StartedAnswer(
+        conversation, created, user_message, answer, history, dropped, price, siblings
+    )

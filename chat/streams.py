@@ -235,6 +235,8 @@ class AnswerRun:
         send: Send | None,
         origin: str | None,
         price: Price | None = None,
+        purpose: str = Usage.Purpose.ANSWER,
+        prefix: str = "",
     ) -> None:
         self.user_id = user_id
         self.conversation_id = conversation_id
@@ -244,7 +246,10 @@ class AnswerRun:
         self.price = price  # in force when the request was made
         self._send = send
         self.origin = origin
-        self.answer = Answer()
+        self.purpose = purpose
+        # A continued answer starts with the text it continues; the upstream adds the rest.
+        self.prefix = prefix
+        self.answer = Answer(content_parts=[prefix] if prefix else [])
         self.end_state: str | None = None  # set by stop() or shutdown before cancelling
         self.task: asyncio.Task[None] | None = None
         # Set once the control channel is in its group (or failed to join): other tabs are
@@ -260,7 +265,8 @@ class AnswerRun:
         self._watched = False
         self._pending = Delta()
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._sent_to_group = [0, 0]  # content and reasoning lengths already in the group
+        # The content and reasoning lengths already in the group.
+        self._sent_to_group = [len(prefix), 0]
         self._checkpointed_at = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
         self._layer_failed = False  # Redis failed while this answer streamed
@@ -471,9 +477,10 @@ class AnswerRun:
         answer = self.answer
         ttft_ms = round((answer.first_token_at - started) * 1000) if answer.first_token_at else None
         duration_ms = round((time.monotonic() - started) * 1000)
-        usage_fields = usage_for(answer, self.history)
+        usage_fields = usage_for(answer, self.history, self.prefix)
         usage_fields.update(self.price.as_fields() if self.price else {})
         usage_fields.update(
+            purpose=self.purpose,
             api_style=settings.XAI_API_STYLE,
             requested_model=self.model,
             response_id=answer.response_id[:200],
@@ -636,8 +643,9 @@ async def stop_answers(conversation_id: int, message_ids: list[int]) -> None:
         await stop_answer(message_id, conversation_id)
 
 
-def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
-    """The ledger fields for what the upstream reported, or an estimate (docs/usage.md)."""
+def usage_for(answer: Answer, history: list[dict[str, str]], prefix: str = "") -> dict[str, Any]:
+    """The ledger fields for what the upstream reported, or an estimate (docs/usage.md).
+    `prefix`: the text a continued answer started with, which this request did not make."""
     usage = answer.usage
     if usage is not None:
         return {
@@ -651,4 +659,4 @@ def usage_for(answer: Answer, history: list[dict[str, str]]) -> dict[str, Any]:
         return {field: 0 for field in TOKEN_FIELDS} | {"source": Usage.Source.NONE}
     # The stream ended before its usage report: the prompt as sent and the partial answer.
     prompt = [turn["content"] for turn in history]
-    return Usage.estimated_fields(prompt, answer.content, answer.reasoning)
+    return Usage.estimated_fields(prompt, answer.content[len(prefix) :], answer.reasoning)

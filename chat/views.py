@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from typing import Any
@@ -42,42 +43,68 @@ def _get_conversation_for_user(request: HttpRequest, conversation_id: int) -> Co
     return get_object_or_404(Conversation.objects.for_user(request.user), id=conversation_id)
 
 
-def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
-    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
-    messages: list[Message] = []
-    earlier = later = False
-    if conversation is not None:
-        # The newest messages (or those before ?before=<id>): a long conversation's page stays
-        # quick, and older turns are a link away.
-        rows = conversation.messages.select_related("usage").order_by("-id")
-        before = request.GET.get("before", "")
-        if before:
-            try:
-                # isdigit() alone passes "²" (int() refuses it) and "١٢" (int() reads 12).
-                if not (before.isascii() and before.isdigit()):
-                    raise ValueError(before)
-                rows = rows.filter(id__lt=int(before))
-            except ValueError:  # also more digits than int() reads
-                return HttpResponseBadRequest(
-                    "?before= must be a message id, in the digits 0-9.",
-                    content_type="text/plain; charset=utf-8",
-                )
-            later = True
-        messages = list(rows[: MESSAGES_PER_PAGE + 1])
-        earlier = len(messages) > MESSAGES_PER_PAGE
-        messages = messages[:MESSAGES_PER_PAGE][::-1]
-    context = {
-        "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
+class BadPage(ValueError):
+    pass
+
+
+def _messages_context(request: HttpRequest, conversation: Conversation | None) -> dict[str, Any]:
+    """The active path's newest messages (or those before ?before=<id>), with what their
+    `‹ 2 / 3 ›` controls need: two queries whatever the size of the tree. A long
+    conversation's page stays quick, and older turns are a link away."""
+    if conversation is None:
+        return {"conversation": None, "messages": [], "earlier": False, "later": False}
+    tree = conversation.tree()
+    path = tree.path()
+    later = False
+    before = request.GET.get("before", "")
+    if before:
+        # isdigit() alone passes "²" (int() refuses it) and "١٢" (int() reads 12).
+        if not (before.isascii() and before.isdigit()):
+            raise BadPage(before)
+        try:
+            before_id = int(before)
+        except ValueError:  # more digits than int() reads
+            raise BadPage(before) from None
+        # An id not on the active path (any more): the newest page.
+        position = path.index(before_id) if before_id in path else len(path)
+        path, later = path[:position], True
+    shown = path[-MESSAGES_PER_PAGE:]
+    rows = conversation.messages.filter(id__in=shown).select_related("usage").order_by()
+    by_id = {message.id: message for message in rows}
+    messages = [by_id[message_id] for message_id in shown]
+    for message in messages:
+        siblings = tree.siblings(message.id)
+        message.siblings_json = json.dumps(siblings) if len(siblings) > 1 else ""
+    return {
         "conversation": conversation,
         "messages": messages,
-        "earlier": earlier,
+        "earlier": len(path) > len(shown),
         "later": later,
+    }
+
+
+def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
+    try:
+        shown = _messages_context(request, conversation)
+    except BadPage:
+        return _bad_before()
+    context = {
+        **shown,
+        "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
         "models": models_offered(),
         "default_model": settings.CHAT_DEFAULT_MODEL,
         "api_key_configured": bool(settings.XAI_API_KEY),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
     }
     return render(request, "chat/chat.html", context)
+
+
+def _bad_before() -> HttpResponse:
+    return HttpResponseBadRequest(
+        "?before= must be a message id, in the digits 0-9.",
+        content_type="text/plain; charset=utf-8",
+    )
 
 
 @login_required
@@ -88,6 +115,17 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return _chat_page(request, _get_conversation_for_user(request, conversation_id))
+
+
+@login_required
+def conversation_messages(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The messages of the page alone: what a tab shows again after a branch switch."""
+    conversation = _get_conversation_for_user(request, conversation_id)
+    try:
+        context = _messages_context(request, conversation)
+    except BadPage:
+        return _bad_before()
+    return render(request, "chat/_messages.html", context)
 
 
 class RenameForm(forms.Form):

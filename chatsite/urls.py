@@ -11,6 +11,7 @@ usage_report = admin.site.admin_view(admin.site.get_model_admin(UsageDay).change
 urlpatterns = [
     path("", views.index, name="index"),
     path("c/<int:conversation_id>/", views.conversation, name="conversation"),
+    path("c/<int:conversation_id>/messages/", views.conversation_messages, name="messages"),
     path("c/<int:conversation_id>/rename/", views.rename, name="rename_conversation"),
     path("c/<int:conversation_id>/delete/", views.delete, name="delete_conversation"),
     path("setup/", views.setup, name="setup"),

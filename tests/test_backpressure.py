@@ -314,9 +314,9 @@ def long_ended_answers(user, sizes: list[int]) -> tuple[int, list[str]]:
     conversation = Conversation.objects.create(user=user, title="long")
     texts = []
     for i, size in enumerate(sizes):
-        conversation.messages.create(role="user", content=f"question {i}")
+        conversation.append(role="user", content=f"question {i}")
         texts.append(f"answer {i} ".ljust(size, "xyz"[i % 3]))
-        conversation.messages.create(role="assistant", content=texts[-1], state="complete")
+        conversation.append(role="assistant", content=texts[-1], state="complete")
     return conversation.id, texts
 
 

@@ -99,7 +99,7 @@ def test_a_rename_with_a_nul_gets_a_400_and_keeps_the_title(alice):
 )
 def test_a_page_before_a_bad_message_id_is_a_400(alice, before: str):
     conversation = Conversation.objects.create(user=alice, title="t")
-    conversation.messages.create(role="user", content="hello")
+    conversation.append(role="user", content="hello")
     client = Client()
     client.force_login(alice)
     response = client.get(f"/c/{conversation.id}/?before={quote(before)}")
@@ -110,8 +110,8 @@ def test_a_page_before_a_bad_message_id_is_a_400(alice, before: str):
 @pytest.mark.django_db
 def test_a_page_before_a_message_id_still_pages(alice):
     conversation = Conversation.objects.create(user=alice, title="t")
-    first = conversation.messages.create(role="user", content="first message")
-    second = conversation.messages.create(role="user", content="second message")
+    first = conversation.append(role="user", content="first message")
+    second = conversation.append(role="user", content="second message")
     client = Client()
     client.force_login(alice)
     page = client.get(f"/c/{conversation.id}/?before={second.id}").content.decode()

@@ -99,8 +99,8 @@ def _asked(user: User, times: list[dt.datetime]) -> None:
     """Messages of `user` sent at `times`, their answers ended."""
     conversation = Conversation.objects.create(user=user)
     for when in times:
-        Message.objects.create(conversation=conversation, role="user", content="q", created_at=when)
-        Message.objects.create(conversation=conversation, role="assistant", content="a")
+        conversation.append(role="user", content="q", created_at=when)
+        conversation.append(role="assistant", content="a", created_at=when)
 
 
 def test_the_21st_message_in_a_minute_is_refused_until_the_first_leaves_the_minute(alice):

@@ -129,8 +129,8 @@ def test_daphne_is_at_least_4_2_2():
 
 def _conversation(user: User, title: str = "Chat") -> Conversation:
     conversation = Conversation.objects.create(user=user, title=title)
-    Message.objects.create(conversation=conversation, role="user", content="hello")
-    Message.objects.create(conversation=conversation, role="assistant", content="hi")
+    conversation.append(role="user", content="hello")
+    conversation.append(role="assistant", content="hi")
     return conversation
 
 

@@ -21,7 +21,7 @@ def _conversation(user, title="Chat", messages=2) -> Conversation:
     conversation = Conversation.objects.create(user=user, title=title)
     for i in range(messages):
         role = "user" if i % 2 == 0 else "assistant"
-        Message.objects.create(conversation=conversation, role=role, content=f"text {i}")
+        conversation.append(role=role, content=f"text {i}")
     return conversation
 
 
@@ -100,8 +100,7 @@ def test_it_renames_and_deletes_a_conversation(client, alice, upstream):
 
 def test_a_conversation_page_shows_answers_with_their_usage(client, alice, upstream):
     conversation = _conversation(alice, messages=1)
-    answer = Message.objects.create(
-        conversation=conversation,
+    answer = conversation.append(
         role="assistant",
         content="**bold** answer",
         model="grok-4-fast-reasoning",
@@ -130,7 +129,7 @@ def test_pages_run_a_constant_number_of_queries(client, alice, upstream):
     for _ in range(30):
         _conversation(alice, messages=4)
     for i in range(40):
-        answer = Message.objects.create(conversation=conversation, role="assistant", content="a")
+        answer = conversation.append(role="assistant", content="a")
         Usage.objects.create(user=alice, message=answer, outcome="complete", total_tokens=i)
     assert queries() == small
 
@@ -233,10 +232,8 @@ def test_a_long_conversation_shows_its_newest_messages_and_links_to_earlier_ones
     from chat.views import MESSAGES_PER_PAGE
 
     conversation = Conversation.objects.create(user=alice, title="long")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"message {i}")
-        for i in range(MESSAGES_PER_PAGE + 50)
-    )
+    for i in range(MESSAGES_PER_PAGE + 50):
+        conversation.append(role="user", content=f"message {i}")
     client.force_login(alice)
     with django_assert_max_num_queries(8):
         page = client.get(f"/c/{conversation.id}/").content.decode()

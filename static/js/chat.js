@@ -39,9 +39,11 @@ let retryDelay = RETRY_MIN_MS;
 let pingTimer = null;
 let received = 0; // characters of the frames this socket has received (docs/protocol.md, `ack`)
 let acknowledged = 0;
-// {content, conversationId, model, clientId} from a send until its message.start or an error;
-// kept across a reconnect, which sends it again with the same clientId (docs/protocol.md, send).
-let pendingSend = null;
+// {frame, content} from a request that starts an answer (send, edit, regenerate, continue)
+// until its message.start or an error; kept across a reconnect, which sends the frame again
+// with the same client_id (docs/protocol.md, "Sending again"). `content`: the composer's
+// text for a send, else null.
+let pending = null;
 const entries = new Map(); // message id -> {article, content, reasoning, ...}
 const dirtyIds = new Set();
 let frameRequested = false;
@@ -250,6 +252,7 @@ function entryFor(id, create = true) {
 
 function hydrateArticle(article) {
   const id = toId(article.dataset.messageId);
+  if (id !== null && article.dataset.role === "user") renderBranches(article);
   if (id === null || article.dataset.role !== "assistant") return;
   const data = article.dataset;
   const entry = newEntry(article);
@@ -287,6 +290,42 @@ function renderEntry(entry) {
   meta.textContent = entry.state === "streaming" ? "" : formatMeta(entry);
   meta.title = entry.state === "streaming" ? "" : formatDuration(entry);
   meta.hidden = !meta.textContent;
+  renderAnswerActions(entry);
+}
+
+// What an ended answer offers: Copy; Regenerate, or Retry when it failed or was cut short;
+// Continue when it was cut (docs/protocol.md, `regenerate` and `continue`).
+function renderAnswerActions(entry) {
+  const article = entry.article;
+  const ended = entry.state !== "streaming" && toId(article.dataset.messageId) !== null;
+  const cut = ["stopped", "interrupted", "error"].includes(entry.state) || entry.finishReason === "length";
+  article.querySelector(".copy-answer").hidden = !ended || !entry.content;
+  const again = article.querySelector(".regenerate");
+  again.hidden = !ended;
+  again.textContent = ["error", "stopped", "interrupted"].includes(entry.state) ? "Retry" : "Regenerate";
+  article.querySelector(".continue").hidden = !ended || !cut || !entry.content;
+  renderBranches(article);
+}
+
+// `‹ 2 / 3 ›` on a message that has other versions (its data-siblings, ids oldest first).
+function renderBranches(article) {
+  const ids = siblingsOf(article);
+  const box = article.querySelector(".branches");
+  box.hidden = ids.length < 2;
+  if (box.hidden) return;
+  const index = ids.indexOf(toId(article.dataset.messageId));
+  box.querySelector(".branch-count").textContent = `${index + 1} / ${ids.length}`;
+  box.querySelector(".branch-prev").disabled = index <= 0;
+  box.querySelector(".branch-next").disabled = index >= ids.length - 1;
+}
+
+function siblingsOf(article) {
+  try {
+    const ids = JSON.parse(article.dataset.siblings || "[]");
+    return Array.isArray(ids) ? ids.filter(Number.isInteger) : [];
+  } catch {
+    return [];
+  }
 }
 
 function isNearBottom() {
@@ -331,7 +370,7 @@ function updateStopButton() {
 }
 
 function updateSendButton() {
-  sendButton.disabled = !promptEl.value.trim() || pendingSend !== null;
+  sendButton.disabled = !promptEl.value.trim() || pending !== null;
 }
 
 // ---------------------------------------------------------------- sidebar
@@ -448,8 +487,20 @@ function newClientId() {
 }
 
 function sendPending() {
-  const { content, conversationId, model, clientId } = pendingSend;
-  sendFrame({ type: "send", content, conversation_id: conversationId, model, client_id: clientId });
+  sendFrame(pending.frame);
+}
+
+// Send a frame that starts an answer, with its own client_id; false if one is on its way.
+function requestAnswer(frame, content = null) {
+  if (pending !== null) return false;
+  if (!socketIsOpen()) {
+    showNotice("Not connected to the server yet. Your message is kept; try again in a moment.");
+    return false;
+  }
+  pending = { frame: { ...frame, client_id: newClientId() }, content };
+  sendPending();
+  updateSendButton();
+  return true;
 }
 
 const CLOSE_LOGGED_OUT = 4401;
@@ -468,7 +519,7 @@ function onSocketOpen() {
   setConnectionStatus("connected");
   watchCurrentConversation();
   // The server may have taken it before the socket went: the same id gets that answer.
-  if (pendingSend !== null) sendPending();
+  if (pending !== null) sendPending();
   clearInterval(pingTimer);
   pingTimer = setInterval(() => sendFrame({ type: "ping" }), PING_INTERVAL_MS);
 }
@@ -478,7 +529,7 @@ function onSocketClose(event) {
   if (event.code === CLOSE_LOGGED_OUT) {
     // Logged out (here or in another tab): reconnecting would only be refused again. A send
     // without message.start may or may not have been taken; its text is still in the composer.
-    pendingSend = null;
+    pending = null;
     updateSendButton();
     setConnectionStatus("logged-out");
     return;
@@ -521,14 +572,16 @@ function onConversation(frame) {
 
 function onMessageStart(frame) {
   if (frame.conversation_id !== currentConversationId) return;
-  if (pendingSend !== null && frame.client_id === pendingSend.clientId) {
+  if (pending !== null && frame.client_id === pending.frame.client_id) {
     // Taken: the composer empties, unless its text was changed meanwhile.
-    if (promptEl.value === pendingSend.content) promptEl.value = "";
-    pendingSend = null;
+    if (pending.content !== null && promptEl.value === pending.content) promptEl.value = "";
+    pending = null;
     updateSendButton();
   }
-  const user = frame.user_message;
-  if (user && !findArticle(user.id)) appendArticle(buildUserArticle(user.id, user.content));
+  if (!showNewBranch(frame)) {
+    refreshMessages(); // this tab showed another part of the conversation: show the new one
+    return;
+  }
   if (frame.history_dropped > 0) {
     const count = frame.history_dropped;
     showNotice(`The ${count} oldest message${count === 1 ? " was" : "s were"} left out so the conversation fits the model's context window.`);
@@ -537,6 +590,8 @@ function onMessageStart(frame) {
   const entry = entryFor(answer.id);
   entry.state = "streaming";
   entry.model = answer.model || entry.model;
+  if (answer.content && !entry.content) entry.content = answer.content; // a continued answer
+  entry.article.dataset.siblings = JSON.stringify(answer.siblings || []);
   renderNow(entry, answer.id);
   scrollToBottom();
   updateStopButton();
@@ -567,6 +622,61 @@ function onMessageEnd(frame) {
   updateStopButton();
 }
 
+// Show a message.start's messages as the end of the active path: the user's message after
+// the message it follows (what came after it there is another branch now), then its answer.
+// False if this page does not show the message the new one follows.
+function showNewBranch(frame) {
+  const user = frame.user_message;
+  let userArticle = findArticle(user.id);
+  if (!userArticle) {
+    const parent = user.parent_id === null ? null : findArticle(user.parent_id);
+    if (user.parent_id !== null && !parent) return false;
+    removeArticlesAfter(parent);
+    userArticle = buildUserArticle(user.id, user.content);
+    appendArticle(userArticle);
+  } else {
+    removeArticlesAfter(userArticle);
+  }
+  userArticle.dataset.siblings = JSON.stringify(user.siblings || []);
+  renderBranches(userArticle);
+  return true;
+}
+
+// Remove the articles after `article` (all of them when null), with their entries.
+function removeArticlesAfter(article) {
+  for (const other of [...messagesEl.querySelectorAll("article.message")]) {
+    if (article && !(article.compareDocumentPosition(other) & Node.DOCUMENT_POSITION_FOLLOWING)) continue;
+    entries.delete(toId(other.dataset.messageId));
+    other.remove();
+  }
+}
+
+// Show the conversation's active path again, as the server renders it (after a branch switch).
+async function refreshMessages() {
+  const conversationId = currentConversationId;
+  if (conversationId === null) return;
+  let response;
+  try {
+    response = await fetch(urlFor("messages", conversationId), { credentials: "same-origin" });
+  } catch {
+    showNotice("Could not load the conversation. Reload the page to see it.");
+    return;
+  }
+  if (!response.ok || conversationId !== currentConversationId) return;
+  // Our own template's output, every text in it escaped: as the page itself was rendered.
+  messagesEl.innerHTML = await response.text();
+  entries.clear();
+  dirtyIds.clear();
+  for (const article of messagesEl.querySelectorAll("article.message")) hydrateArticle(article);
+  updateStopButton();
+  scrollToBottom();
+  watchCurrentConversation(); // the answers streaming on this path send their text so far
+}
+
+function onBranch(frame) {
+  if (frame.conversation_id === currentConversationId) refreshMessages();
+}
+
 function onWatching(frame) {
   if (frame.conversation_id !== currentConversationId) return;
   // Answers that ended while this tab was not listening: show how they ended.
@@ -592,13 +702,11 @@ function onSnapshot(frame) {
 
 function onError(frame) {
   showNotice(frame.message || frame.code || "Something went wrong.");
-  if (frame.message_id === undefined || frame.message_id === null) {
-    if (pendingSend !== null) {
-      if (!promptEl.value.trim()) promptEl.value = pendingSend.content;
-      pendingSend = null;
-    }
-    updateSendButton();
+  if (pending !== null && (frame.message_id === undefined || frame.message_id === null || pending.frame.type !== "send")) {
+    if (pending.content !== null && !promptEl.value.trim()) promptEl.value = pending.content;
+    pending = null;
   }
+  updateSendButton();
 }
 
 const FRAME_HANDLERS = {
@@ -608,6 +716,7 @@ const FRAME_HANDLERS = {
   "message.start": onMessageStart,
   delta: onDelta,
   "message.end": onMessageEnd,
+  branch: onBranch,
   error: onError,
   pong: () => {},
 };
@@ -616,14 +725,14 @@ const FRAME_HANDLERS = {
 
 function submitPrompt() {
   const content = promptEl.value;
-  if (!content.trim() || pendingSend !== null) return;
-  if (!socketIsOpen()) {
-    showNotice("Not connected to the server yet. Your message is kept; try again in a moment.");
-    return;
-  }
-  pendingSend = { content, conversationId: currentConversationId, model: modelPicker.value || null, clientId: newClientId() };
-  sendPending();
-  updateSendButton();
+  if (!content.trim()) return;
+  const frame = { type: "send", content, conversation_id: currentConversationId, model: modelPicker.value || null };
+  // After the last message this page shows, so that it follows what the user sees (an
+  // older page of the conversation sends it after the newest, as the server chooses).
+  const last = [...messagesEl.querySelectorAll("article.message")].pop();
+  const olderPage = document.getElementById("latest-messages") !== null;
+  if (currentConversationId !== null && last && !olderPage) frame.parent_id = toId(last.dataset.messageId);
+  requestAnswer(frame, content);
 }
 
 function onPromptKeydown(event) {
@@ -642,8 +751,80 @@ function onStopClick() {
 }
 
 function onMessagesClick(event) {
-  const button = event.target.closest(".copy-button");
-  if (button && messagesEl.contains(button)) copyCode(button);
+  const button = event.target.closest("button");
+  if (!button || !messagesEl.contains(button)) return;
+  const article = button.closest("article.message");
+  const id = article ? toId(article.dataset.messageId) : null;
+  if (button.classList.contains("copy-button")) copyCode(button);
+  else if (id === null) return;
+  else if (button.classList.contains("copy-answer")) copyAnswer(button, id);
+  else if (button.classList.contains("regenerate")) requestAnswer({ type: "regenerate", message_id: id, model: modelPicker.value || null });
+  else if (button.classList.contains("continue")) requestAnswer({ type: "continue", message_id: id });
+  else if (button.classList.contains("branch-prev")) switchBranch(article, -1);
+  else if (button.classList.contains("branch-next")) switchBranch(article, 1);
+  else if (button.classList.contains("edit-message")) openEditor(article);
+  else if (button.classList.contains("edit-cancel")) closeEditor(article);
+}
+
+async function copyAnswer(button, id) {
+  const entry = entries.get(id);
+  if (!entry) return;
+  try {
+    await navigator.clipboard.writeText(entry.content); // the Markdown, as the model wrote it
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  } catch {
+    showNotice("Could not copy: the browser refused access to the clipboard.");
+  }
+}
+
+function switchBranch(article, step) {
+  const ids = siblingsOf(article);
+  const target = ids[ids.indexOf(toId(article.dataset.messageId)) + step];
+  if (target !== undefined) sendFrame({ type: "switch", message_id: target });
+}
+
+// Editing a sent message: a box in its place; saving sends it as a new version (a branch).
+function openEditor(article) {
+  if (article.querySelector(".edit-form")) return;
+  const content = article.querySelector(".content");
+  const form = document.createElement("form");
+  form.className = "edit-form";
+  const box = document.createElement("textarea");
+  box.className = "edit-box";
+  box.value = content.textContent;
+  box.rows = Math.min(12, Math.max(3, box.value.split("\n").length));
+  box.maxLength = promptEl.maxLength;
+  box.setAttribute("aria-label", "Edit message");
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "primary edit-save";
+  save.textContent = "Save and send";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "edit-cancel";
+  cancel.textContent = "Cancel";
+  form.append(box, save, cancel);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitEdit(article, box.value);
+  });
+  content.hidden = true;
+  article.querySelector(".message-actions").hidden = true;
+  content.after(form);
+  box.focus();
+}
+
+function closeEditor(article) {
+  article.querySelector(".edit-form")?.remove();
+  article.querySelector(".content").hidden = false;
+  article.querySelector(".message-actions").hidden = false;
+}
+
+function submitEdit(article, text) {
+  if (!text.trim()) return;
+  const frame = { type: "edit", conversation_id: currentConversationId, message_id: toId(article.dataset.messageId), content: text, model: modelPicker.value || null };
+  if (requestAnswer(frame)) closeEditor(article);
 }
 
 // ---------------------------------------------------------------- start
