@@ -5,18 +5,6 @@ import django.utils.timezone
 from django.db import migrations, models
 
 
-def single_branch_trees(apps, schema_editor):
-    """Each existing message follows the one before it: one branch per conversation."""
-    Message = apps.get_model("chat", "Message")
-    previous = Message.objects.filter(
-        conversation=models.OuterRef("conversation"), id__lt=models.OuterRef("id")
-    ).order_by("-id")
-    Message.objects.update(
-        parent=models.Subquery(previous.values("id")[:1]), selected_at=models.F("created_at")
-    )
-    Message.objects.filter(role="assistant").update(purpose="answer")
-
-
 class Migration(migrations.Migration):
     dependencies = [
         ("chat", "0006_ledger_outlives_users_and_conversations"),
@@ -58,5 +46,4 @@ class Migration(migrations.Migration):
                 max_length=20,
             ),
         ),
-        migrations.RunPython(single_branch_trees, migrations.RunPython.noop),
     ]
