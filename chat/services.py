@@ -153,17 +153,19 @@ def start_answer(
                 conversation = Conversation.objects.create(
                     user=user, title=Conversation.title_from(text)
                 )
-                parent: int | None = None
+                tree = Tree()
             else:
                 conversation = _conversation(user, conversation_id)
-                parent = _parent_for(conversation, parent_id, edit_of)
+                tree = conversation.tree()
+            parent = _parent_for(conversation, tree, parent_id, edit_of)
             chosen = model or conversation.model or settings.CHAT_DEFAULT_MODEL
             user_message, answer = conversation.start_answer(
                 text, chosen, worker_id(), parent_id=parent
             )
             if client_id:
                 SendKey.remember(user, client_id, user_message, answer)
-            tree = conversation.tree()
+            for message in (user_message, answer):
+                tree.add(message.pk, message.parent_id, message.selected_at)
             # A new conversation's history is the message just saved: no need to read it back.
             if created:
                 history = [{"role": "user", "content": text}]
@@ -223,7 +225,7 @@ def answer_again(
             question = Message.objects.get(pk=earlier.parent_id)
             if client_id:
                 SendKey.remember(user, client_id, question, answer)
-            tree = conversation.tree()
+            tree = conversation.tree()  # (read after the new answer: it is in it)
             if prefix:
                 history = conversation.history(tree.ancestors(earlier.pk))
                 history.append({"role": "user", "content": CONTINUE_PROMPT})
@@ -319,19 +321,20 @@ def _conversation(user: User, conversation_id: int) -> Conversation:
 
 
 def _parent_for(
-    conversation: Conversation, parent_id: int | None, edit_of: int | None
+    conversation: Conversation, tree: Tree, parent_id: int | None, edit_of: int | None
 ) -> int | None:
-    """What a new message of `conversation` follows (see start_answer)."""
+    """What a new message of `conversation` (whose `tree` this is) follows (see
+    start_answer)."""
     if edit_of is not None:
         edited = conversation.messages.filter(id=edit_of, role=Message.Role.USER).first()
         if edited is None:
             raise Refused("not_found", "No such message to edit.", message_id=edit_of)
         return edited.parent_id
     if parent_id is not None:
-        if not conversation.messages.filter(id=parent_id).exists():
+        if parent_id not in tree:
             raise Refused("not_found", "No such message to follow.", message_id=parent_id)
         return parent_id
-    return conversation.tree().leaf()
+    return tree.leaf()
 
 
 def _started(

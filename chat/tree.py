@@ -25,11 +25,15 @@ class Tree:
     @classmethod
     def of(cls, rows: Iterable[Row]) -> Tree:
         tree = cls()
-        for message_id, parent_id, selected_at in sorted(rows):
-            tree.parents[message_id] = parent_id
-            tree.children.setdefault(parent_id, []).append(message_id)
-            tree.selected_at[message_id] = selected_at
+        for row in sorted(rows):
+            tree.add(*row)
         return tree
+
+    def add(self, message_id: int, parent_id: int | None, selected_at: dt.datetime) -> None:
+        """A message newer than every other (so its siblings stay in order)."""
+        self.parents[message_id] = parent_id
+        self.children.setdefault(parent_id, []).append(message_id)
+        self.selected_at[message_id] = selected_at
 
     def __contains__(self, message_id: object) -> bool:
         return message_id in self.parents
