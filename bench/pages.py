@@ -2,8 +2,10 @@
 
 A worker process fills a fresh SQLite database with bulk_create: users with 10, 1,000 and
 10,000 conversations, and for the last of them conversations of 10, 100 and 2,000 messages
-(every other one an answer of about 1,200 characters with its usage row, half of them with
-about 400 characters of reasoning). It then times GET of the index page (the sidebar shows
+on their active path (every other one an answer of about 1,200 characters with its usage
+row, half of them with about 400 characters of reasoning); the 2,000-message one also has
+50 branches (50 answers regenerated, each old version with a follow-up question and its
+answer on its own branch: 150 more messages). It then times GET of the index page (the sidebar shows
 the newest 200 conversations) and of each conversation page with Django's test Client,
 middleware and template included, and counts the queries of each page with
 CaptureQueriesContext. Constant means the same count at every size.
@@ -144,26 +146,39 @@ def _worker(spec: dict) -> None:
         ]
         return Conversation.objects.bulk_create(rows, batch_size=2000)
 
-    def fill(conversation: Conversation, count: int) -> None:
-        rows = []
-        for i in range(count):
-            if i % 2 == 0:
-                rows.append(Message(conversation=conversation, role="user", content=QUESTION))
-            else:
-                rows.append(
-                    Message(
-                        conversation=conversation,
-                        role="assistant",
-                        content=ANSWER,
-                        reasoning=REASONING if i % 4 == 1 else "",
-                        state="complete",
-                        model="grok-4",
-                        finish_reason="stop",
-                        ttft_ms=400,
-                        duration_ms=3000,
-                    )
-                )
-        Message.objects.bulk_create(rows, batch_size=1000)
+    def message(conversation: Conversation, i: int, **fields) -> Message:
+        if i % 2 == 0:
+            return Message(conversation=conversation, role="user", content=QUESTION, **fields)
+        return Message(
+            conversation=conversation,
+            role="assistant",
+            content=ANSWER,
+            reasoning=REASONING if i % 4 == 1 else "",
+            state="complete",
+            model="grok-4",
+            finish_reason="stop",
+            ttft_ms=400,
+            duration_ms=3000,
+            **fields,
+        )
+
+    def fill(conversation: Conversation, count: int, branches: int = 0) -> None:
+        # One message after the other on the active path (bulk_create sets the ids, in order).
+        rows = Message.objects.bulk_create(
+            [message(conversation, i) for i in range(count)], batch_size=1000
+        )
+        for parent, row in zip(rows, rows[1:], strict=False):
+            row.parent_id = parent.pk
+        Message.objects.bulk_update(rows[1:], ["parent"], batch_size=1000)
+        # Each branch: an older version of an answer, with a question and answer after it.
+        old = now - dt.timedelta(days=1)
+        forks = [rows[i] for i in range(1, count, 2)][:: max(1, count // 2 // max(branches, 1))]
+        for fork in forks[:branches]:
+            version = message(conversation, 1, parent_id=fork.parent_id, selected_at=old)
+            version.save()
+            question = message(conversation, 2, parent=version)
+            question.save()
+            message(conversation, 3, parent=question).save()
         answers = conversation.messages.filter(role="assistant")
         Usage.objects.bulk_create(
             [
@@ -196,7 +211,7 @@ def _worker(spec: dict) -> None:
         conversation = Conversation.objects.create(
             user=big, title=f"{count} messages", model="grok-4", updated_at=now
         )
-        fill(conversation, count)
+        fill(conversation, count, branches=50 if count == max(spec["messages"]) else 0)
         long_conversations[count] = conversation
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
@@ -239,7 +254,8 @@ def _worker(spec: dict) -> None:
             {
                 "group": "conversation",
                 "size": count,
-                "page": f"conversation of {count:,} messages",
+                "page": f"conversation of {count:,} messages"
+                + (", 50 branches" if count == max(long_conversations) else ""),
                 **measure(
                     client,
                     f"/c/{conversation.id}/",
