@@ -118,6 +118,30 @@ async def test_a_tab_on_another_process_sees_the_stream_and_stops_it(
     print(f"stop across processes took {stopped_after * 1000:.0f} ms")
 
 
+async def test_a_regenerated_answer_and_a_branch_switch_reach_a_tab_on_another_process(
+    two_processes: list[str], fake_upstream_server: FakeUpstream
+) -> None:
+    fake_upstream_server.reset()
+    a, b = two_processes
+    cookie = session_cookie(a, "alice", "alice-password-1")
+    async with _connect(a, cookie) as first, _connect(b, cookie) as second:
+        await first.send(json.dumps({"type": "send", "content": "hi", "conversation_id": None}))
+        start, _ = await _frames_until(first, "message.start")
+        await _frames_until(first, "message.end")
+        conversation_id = start["conversation_id"]
+        await second.send(json.dumps({"type": "watch", "conversation_id": conversation_id}))
+        await _frames_until(second, "watching")
+
+        await first.send(json.dumps({"type": "regenerate", "message_id": start["message"]["id"]}))
+        again, _ = await _frames_until(second, "message.start")
+        assert again["message"]["siblings"] == [start["message"]["id"], again["message"]["id"]]
+        await _frames_until(second, "message.end")
+
+        await first.send(json.dumps({"type": "switch", "message_id": start["message"]["id"]}))
+        branch, _ = await _frames_until(second, "branch")
+        assert branch["path"] == [start["user_message"]["id"], start["message"]["id"]]
+
+
 def _delete_conversation(url: str, cookie: str, conversation_id: int) -> int:
     """Delete a conversation as its page's form does; the response's status."""
     name, _, value = cookie.partition("=")

@@ -809,6 +809,9 @@ function openEditor(article) {
     event.preventDefault();
     submitEdit(article, box.value);
   });
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") closeEditor(article);
+  });
   content.hidden = true;
   article.querySelector(".message-actions").hidden = true;
   content.after(form);
