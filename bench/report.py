@@ -208,7 +208,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
 COLUMNS = (
     "user_id, created_at, api_style, requested_model, model, response_id, system_fingerprint, "
     "finish_reason, outcome, source, prompt_tokens, cached_prompt_tokens, completion_tokens, "
-    "reasoning_tokens, total_tokens, reported_cost_ticks, cost_in_usd_ticks, cost_source"
+    "reasoning_tokens, total_tokens, reported_cost_ticks, cost_in_usd_ticks, cost_source, purpose"
 )
 
 
@@ -226,7 +226,7 @@ def _fill(connection, rows: int, first_user_id: int) -> None:
                100 + i % 900 + 20 + i % 400 + i % 300,
                (100 + i % 900) * 2000 + (20 + i % 400 + i % 300) * 5000,
                (100 + i % 900) * 2000 + (20 + i % 400 + i % 300) * 5000,
-               'reported'
+               'reported', 'answer'
     """
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":

@@ -60,7 +60,9 @@ def test_a_user_chats_reloads_and_an_admin_sees_the_tokens(
 
     page.reload()
     expect(page.locator("#conversation-list li").first).to_contain_text("Please count for me")
-    expect(page.locator("article.message[data-role=user]").last).to_have_text("Please count for me")
+    expect(page.locator("article.message[data-role=user] .content").last).to_have_text(
+        "Please count for me"
+    )
     expect(page.locator("article.message[data-role=assistant] .content").last).to_have_text(
         re.compile(r"^(grow ?){40}$")
     )
