@@ -90,9 +90,10 @@ def refusal_for(user, limits: Limits, now: dt.datetime | None = None) -> Refusal
         )
         times = list(window.values_list("created_at", flat=True))
         # Answers of deleted conversations still count: their ledger rows stand for them.
+        # (Title requests are no messages: they never count.)
         gone = Usage.objects.filter(
             user=user, message=None, created_at__gt=now - MINUTE, created_at__lte=now
-        )
+        ).exclude(purpose=Usage.Purpose.TITLE)
         times = sorted([*times, *gone.values_list("created_at", flat=True)], reverse=True)
         if len(times) >= per_minute:
             # Free again when the oldest message that counts leaves the window.
