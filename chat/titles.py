@@ -75,6 +75,8 @@ _LABEL = re.compile(r"^(?:conversation\s+)?title\s*[:：]\s*", re.I)
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _LIST_MARK = re.compile(r"^(?:[-+•]\s+|\d{1,2}[.)]\s+)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# *emphasis* and _emphasis_, but not the * of "C*" or the _ of snake_case.
+_EMPHASIS = (re.compile(r"(?<!\w)\*([^*]+)\*(?!\w)"), re.compile(r"(?<!\w)_([^_]+)_(?!\w)"))
 # Markdown and quotes a model wraps a title in, taken off both ends.
 _WRAPPERS = "\"'`*_#>~“”‘’«»„ "
 _TRAILING = ".。:;,"
@@ -83,6 +85,8 @@ _TRAILING = ".。:;,"
 def _clean_line(line: str) -> str:
     line = _LINK.sub(r"\1", _CONTROL.sub(" ", line))
     line = line.replace("**", "").replace("__", "").replace("`", "")
+    for emphasis in _EMPHASIS:
+        line = emphasis.sub(r"\1", line)
     previous = None
     while line != previous:  # "**Title:** "Pasta."" takes several rounds
         previous = line
