@@ -11,7 +11,16 @@ from django.utils import timezone
 from chat import reports
 from chat.billing import TOKEN_COUNTERS, TokenCounter
 from chat.catalog import failure_text, sync_prices
-from chat.models import USAGE_SUMS, Budget, Conversation, Message, ModelPrice, Usage, UsageDay
+from chat.models import (
+    TITLE_SUMS,
+    USAGE_SUMS,
+    Budget,
+    Conversation,
+    Message,
+    ModelPrice,
+    Usage,
+    UsageDay,
+)
 
 
 class MessageInline(admin.TabularInline):
@@ -25,8 +34,8 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("title", "user", "model", "created_at", "updated_at")
-    list_filter = ("model",)
+    list_display = ("title", "title_source", "user", "model", "created_at", "updated_at")
+    list_filter = ("model", "title_source")
     search_fields = ("title", "user__username")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
@@ -62,6 +71,7 @@ class UsageAdmin(ReadOnlyAdmin):
     list_display = (
         "created_at",
         "user",
+        "purpose",
         "model",
         "outcome",
         "source",
@@ -73,7 +83,7 @@ class UsageAdmin(ReadOnlyAdmin):
         "cost_usd",
         "cost_source",
     )
-    list_filter = ("outcome", "source", "cost_source", "model", "api_style")
+    list_filter = ("purpose", "outcome", "source", "cost_source", "model", "api_style")
     search_fields = ("user__username", "model", "response_id")
     list_select_related = ("user",)
     date_hierarchy = "created_at"
@@ -182,11 +192,14 @@ class UsageDayAdmin(ReadOnlyAdmin):
     sorted and paged by the changelist, with totals, a chart, a CSV of exactly the filtered
     rows and the budget watch around it (templates/admin/chat/usageday/change_list.html)."""
 
-    # USAGE_SUMS: the counts, the token counters and the cost, in the report's order.
+    # USAGE_SUMS: the counts, the token counters and the cost, in the report's order; then
+    # how many of the requests were title requests, and their cost.
     list_display: tuple[Any, ...] = (
         *("date", "username", "model", *USAGE_SUMS[:4]),
         *(counter_column(counter) for counter in TOKEN_COUNTERS),
         "cost",
+        "title_requests",
+        "title_cost",
     )
     list_display_links = None
     list_filter = (RecentFilter, "user", "model")
@@ -198,8 +211,8 @@ class UsageDayAdmin(ReadOnlyAdmin):
     actions = None
     # The CSV's columns, those of list_display, read as plain values: 18,000 rows export in
     # a fraction of the time the changelist's per-cell display lookups would take.
-    csv_fields = ("day", "user__username", "model", *USAGE_SUMS)
-    csv_header = (*csv_fields[:-1], "cost_usd")
+    csv_fields = ("day", "user__username", "model", *USAGE_SUMS, *TITLE_SUMS)
+    csv_header = (*csv_fields[:-3], "cost_usd", "title_requests", "title_cost_usd")
 
     @admin.display(description="Day", ordering="day")
     def date(self, obj: UsageDay) -> str:
@@ -212,6 +225,10 @@ class UsageDayAdmin(ReadOnlyAdmin):
     @admin.display(description="Cost (USD)", ordering="cost_in_usd_ticks")
     def cost(self, obj: UsageDay) -> str:
         return reports.usd(obj.cost_in_usd_ticks)
+
+    @admin.display(description="Title cost (USD)", ordering="title_cost_in_usd_ticks")
+    def title_cost(self, obj: UsageDay) -> str:
+        return reports.usd(obj.title_cost_in_usd_ticks)
 
     @staticmethod
     def period(request: HttpRequest, changelist: Any) -> reports.Period | None:
@@ -251,8 +268,13 @@ class UsageDayAdmin(ReadOnlyAdmin):
         if export:
             name = f"usage-{period.start}-to-{period.end}.csv" if period else "usage.csv"
             rows = (
-                [day.isoformat(), user or reports.DELETED_USER, *values, reports.usd(cost)]
-                for day, user, *values, cost in days.values_list(*self.csv_fields).iterator(2000)
+                [
+                    *(day.isoformat(), user or reports.DELETED_USER, *values),
+                    *(reports.usd(cost), titles, reports.usd(title_cost)),
+                ]
+                for day, user, *values, cost, titles, title_cost in days.values_list(
+                    *self.csv_fields
+                ).iterator(2000)
             )
             return reports.csv_response(name, self.csv_header, rows)
         query = request.GET.copy()

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
-from chat import frames
+from chat import frames, titles
 from chat.frames import Frame
 from chat.limits import SOCKETS
 from chat.models import Conversation, Message, Usage
@@ -41,6 +41,7 @@ from chat.streams import (
     channel_layer,
     control_group,
     stop_answer,
+    user_group,
     viewers_group,
 )
 from chat.upstream import UNENCODABLE
@@ -70,10 +71,6 @@ def close_the_sessions_sockets(sender, request, user, **kwargs) -> None:
     key = getattr(getattr(request, "session", None), "session_key", None)
     if key:
         async_to_sync(channel_layer().group_send)(session_group(key), frames.session_ended())
-
-
-def user_group(user_id: int) -> str:
-    return f"user_{user_id}"
 
 
 @receiver(pre_save, sender=settings.AUTH_USER_MODEL)
@@ -418,6 +415,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             purpose=answer.purpose,
             prefix=answer.content,
         )
+        if titles.wanted(conversation, started.user_message, answer):
+            run.after_complete = titles.after_first_answer
         try:
             if started.created:
                 await self.send_json(frames.conversation(conversation, answer.model))
@@ -660,6 +659,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def session_ended(self, event: dict[str, Any]) -> None:
         await self._end_session()
+
+    async def title_changed(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["frame"])
 
     async def access_changed(self, event: dict[str, Any]) -> None:
         try:

@@ -34,6 +34,11 @@ def conversation(started: Conversation, model: str) -> Frame:
     }
 
 
+def conversation_title(conversation_id: int, title: str) -> Frame:
+    """`conversation.title`: a conversation of the user's got a new title (protocol.md)."""
+    return {"type": "conversation.title", "conversation_id": conversation_id, "title": title}
+
+
 def watching(conversation_id: int, recent: list[Frame]) -> Frame:
     """`watching`: the answer to `watch`; `recent` holds recent_answer() frames (protocol.md)."""
     return {"type": "watching", "conversation_id": conversation_id, "recent": recent}
@@ -256,6 +261,11 @@ def stream_snapshot(reply_to: str, message_id: int | None = None) -> Frame:
 def chat_branch(conversation_id: int, message_id: int, path: list[int]) -> Frame:
     """A `branch` frame for every socket watching the conversation."""
     return {**branch(conversation_id, message_id, path), "type": "chat.branch"}
+
+
+def title_changed(frame: Frame) -> Frame:
+    """A `conversation.title` frame for every socket of its user (the group `user_<id>`)."""
+    return {"type": "title.changed", "frame": frame}
 
 
 def session_ended() -> Frame:

@@ -91,6 +91,7 @@ def refusal_for(user, limits: Limits, now: dt.datetime | None = None) -> Refusal
         )
         times = list(window.values_list("created_at", flat=True))
         # Answers of deleted conversations still count: their ledger rows stand for them.
+        # (Title requests are no messages: they never count.)
         gone = Usage.objects.filter(
             user=user,
             message=None,

@@ -24,8 +24,16 @@ class ConversationQuerySet(models.QuerySet):
 
 
 class Conversation(models.Model):
+    class TitleSource(models.TextChoices):
+        FIRST_WORDS = "first_words", "the first words of the first message"
+        GENERATED = "generated", "written by a model after the first answer (chat.titles)"
+        USER = "user", "set by the user, which no generated title replaces"
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New chat")
+    title_source = models.CharField(
+        max_length=20, choices=TitleSource.choices, default=TitleSource.FIRST_WORDS
+    )
     model = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -548,6 +556,8 @@ USAGE_SUMS = (
     *billing.TOKEN_FIELDS,
     "cost_in_usd_ticks",
 )
+# Of those requests, the title requests (purpose "title") and what they cost.
+TITLE_SUMS = ("title_requests", "title_cost_in_usd_ticks")
 
 
 class UsageDayQuerySet(models.QuerySet):
@@ -556,11 +566,13 @@ class UsageDayQuerySet(models.QuerySet):
 
     def sums(self) -> dict[str, int]:
         """Every counter summed (zeros, never None, where there are no rows)."""
-        totals = self.aggregate(**{key: Sum(key) for key in USAGE_SUMS})
-        return {key: totals[key] or 0 for key in USAGE_SUMS}
+        keys = (*USAGE_SUMS, *TITLE_SUMS)
+        totals = self.aggregate(**{key: Sum(key) for key in keys})
+        return {key: totals[key] or 0 for key in keys}
 
     def grouped(self, *fields: str):
-        return self.values(*fields).annotate(**{key: Sum(key) for key in USAGE_SUMS})
+        keys = (*USAGE_SUMS, *TITLE_SUMS)
+        return self.values(*fields).annotate(**{key: Sum(key) for key in keys})
 
 
 class UsageDay(models.Model):
@@ -586,6 +598,12 @@ class UsageDay(models.Model):
     reasoning_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cost_in_usd_ticks = models.BigIntegerField(default=0)
+    title_requests = models.PositiveIntegerField(
+        default=0, help_text="title requests (chat.titles), counted in requests too"
+    )
+    title_cost_in_usd_ticks = models.BigIntegerField(
+        default=0, help_text="what the title requests cost, counted in the cost too"
+    )
 
     objects = UsageDayQuerySet.as_manager()
 
@@ -597,6 +615,7 @@ class UsageDay(models.Model):
 
     @staticmethod
     def counters(row: Usage) -> dict[str, int]:
+        title = row.purpose == Usage.Purpose.TITLE
         return {
             "requests": 1,
             "errors": int(row.outcome == Message.State.ERROR),
@@ -604,6 +623,8 @@ class UsageDay(models.Model):
             "unpriced": int(row.cost_in_usd_ticks is None),
             **row.counters(),
             "cost_in_usd_ticks": row.cost_in_usd_ticks or 0,
+            "title_requests": int(title),
+            "title_cost_in_usd_ticks": (row.cost_in_usd_ticks or 0) if title else 0,
         }
 
     @classmethod
@@ -645,6 +666,8 @@ class UsageDay(models.Model):
                 # Named apart from the model's fields, which an annotation may not shadow.
                 **{f"sum_{name}": Sum(name) for name in billing.TOKEN_FIELDS},
                 cost_sum=Sum("cost_in_usd_ticks"),
+                title_count=Count("id", filter=Q(purpose=Usage.Purpose.TITLE)),
+                title_cost=Sum("cost_in_usd_ticks", filter=Q(purpose=Usage.Purpose.TITLE)),
             )
             .order_by()
         )
@@ -659,6 +682,8 @@ class UsageDay(models.Model):
             for name in billing.TOKEN_FIELDS:
                 setattr(item, name, getattr(item, name) + (g[f"sum_{name}"] or 0))
             item.cost_in_usd_ticks += g["cost_sum"] or 0
+            item.title_requests += g["title_count"]
+            item.title_cost_in_usd_ticks += g["title_cost"] or 0
         cls.objects.bulk_create(days.values(), batch_size=1000)
         return len(days)
 

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -40,6 +40,19 @@ GROUP_FLUSH_SECONDS = 0.05
 # Runs of this process by message id: the local fast path for Stop, and what shutdown ends.
 RUNNING: dict[int, AnswerRun] = {}
 
+
+class SideRequest(Protocol):
+    """An upstream request of this process that is not an answer (a title, chat.titles)."""
+
+    task: asyncio.Task[None] | None
+
+    def stop(self, state: str = ...) -> None: ...
+
+
+# Shutdown ends these too, after the answers (whose ends may start some), and waits for
+# their ledger rows.
+SIDE_REQUESTS: set[SideRequest] = set()
+
 # Sends frames that go together (a long text in parts) to the asking socket.
 Send = Callable[[list[dict[str, Any]]], Awaitable[None]]
 # What the channel layer raises when Redis fails (the in-memory layer raises none of them).
@@ -54,6 +67,11 @@ def viewers_group(conversation_id: int) -> str:
 
 def control_group(conversation_id: int) -> str:
     return f"ctl_{conversation_id}"
+
+
+def user_group(user_id: int) -> str:
+    """Every open socket of one user, in every process."""
+    return f"user_{user_id}"
 
 
 def channel_layer() -> BaseChannelLayer:
@@ -178,7 +196,8 @@ async def interrupt_all(timeout: float = 10.0) -> int:
     """End every answer of this process as "interrupted", saving each with its usage row.
 
     For shutdown: the partial answers and what they cost are written before the loop
-    stops. Returns how many answers were running.
+    stops, then those of the other requests (SIDE_REQUESTS). Returns how many answers
+    were running.
     """
     runs = list(RUNNING.values())
     for run in runs:
@@ -186,6 +205,12 @@ async def interrupt_all(timeout: float = 10.0) -> int:
     tasks = [run.task for run in runs if run.task is not None]
     if tasks:
         await asyncio.wait(tasks, timeout=timeout)
+    side = list(SIDE_REQUESTS)  # with those the answers just ended have started
+    for request in side:
+        request.stop(Message.State.INTERRUPTED)
+    side_tasks = [request.task for request in side if request.task is not None]
+    if side_tasks:
+        await asyncio.wait(side_tasks, timeout=timeout)
     for run in runs:  # the database still fails: their figures at least reach the log
         if run.unsaved is not None:
             run.log_ledger_row(run.unsaved)
@@ -272,6 +297,9 @@ class AnswerRun:
         self._layer_failed = False  # Redis failed while this answer streamed
         self._saving = False  # the stream ended: its final save is under way
         self.unsaved: dict[str, Any] | None = None  # its ledger row while not saved
+        # Called once the answer is saved complete with text (a new conversation's first
+        # answer: its title, chat.titles).
+        self.after_complete: Callable[[AnswerRun], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -535,6 +563,9 @@ class AnswerRun:
             else:
                 self.unsaved = None
                 await self._tell(frames.message_end(message, message.usage))
+                if self.after_complete is not None and message.state == Message.State.COMPLETE:
+                    if message.content:
+                        self.after_complete(self)
                 return
             if not told and policy.clock() - began >= policy.patience:
                 told = True

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import math
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -30,6 +31,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from chat import titles
 from chat.catalog import models_offered
 from chat.models import Conversation, Message
 from chat.streams import channel_layer, stop_answers
@@ -147,8 +149,15 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
             f"Not renamed: {errors}", content_type="text/plain; charset=utf-8"
         )
     if title := form.cleaned_data["title"]:
+        # The user's title: no generated title replaces it (chat.titles.apply_title).
         conversation.title = title
-        conversation.save(update_fields=["title"])
+        conversation.title_source = Conversation.TitleSource.USER
+        conversation.save(update_fields=["title", "title_source"])
+        # The other tabs follow; robust: the rename stands if the channel layer is down.
+        transaction.on_commit(
+            partial(titles.announce_from_sync, conversation.user_id, conversation.id, title),
+            robust=True,
+        )
     return redirect("conversation", conversation.id)
 
 

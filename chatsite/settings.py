@@ -372,6 +372,10 @@ CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 32000)
 # less room for the answer (token counts estimated at 4 characters a token).
 CHAT_CONTEXT_TOKENS = envint("CHAT_CONTEXT_TOKENS", 131072)
 CHAT_ANSWER_RESERVE_TOKENS = envint("CHAT_ANSWER_RESERVE_TOKENS", 16384)
+# After a new conversation's first answer, one more upstream request asks this model (""
+# means the conversation's own) for a short title (chat.titles, docs/usage.md).
+CHAT_TITLES = envbool("CHAT_TITLES", "true")
+CHAT_TITLE_MODEL = os.getenv("CHAT_TITLE_MODEL", "").strip()
 # Each user's limits unless their budget (admin, "Budgets") says otherwise; 0: no limit.
 # Checked in the database, so they hold across processes (docs/usage.md).
 CHAT_MAX_CONCURRENT_ANSWERS = envlimit("CHAT_MAX_CONCURRENT_ANSWERS", 3)

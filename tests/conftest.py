@@ -31,6 +31,13 @@ def fresh_channel_layer() -> Iterator[None]:
     channel_layers.backends = {}
 
 
+@pytest.fixture(autouse=True)
+def no_titles(settings) -> None:
+    """Conversation titles are off unless a test turns them on (tests/test_titles.py): their
+    request would take the replies that other tests queue for their answers."""
+    settings.CHAT_TITLES = False
+
+
 @pytest.fixture(scope="session")
 def fake_upstream_server() -> Iterator[FakeUpstream]:
     server = FakeUpstream()

@@ -52,6 +52,8 @@ def app_env(tmp: Path, upstream_base_url: str, **extra: str) -> dict[str, str]:
         XAI_API_KEY="xai-live-test-key-0123456789",
         UPSTREAM_MAX_RETRIES="0",
         PYTHONUNBUFFERED="1",
+        # Off unless a test turns them on: a title request takes an upstream reply.
+        CHAT_TITLES="false",
     )
     env.update(extra)
     # Each live app gets its own database and Redis prefix, even on shared servers.

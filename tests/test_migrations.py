@@ -6,6 +6,8 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
+from chat.tree import Tree
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -40,15 +42,14 @@ def test_existing_conversations_become_single_branch_trees(django_user_model):
             for i, role in enumerate(["user", "assistant", "user", "assistant"])
         ]
 
-    migrate("0008_single_branch_trees")
+    new = migrate("0008_single_branch_trees").loader.project_state(
+        ("chat", "0008_single_branch_trees")
+    )
+    Message = new.apps.get_model("chat", "Message")
 
-    from chat.models import Conversation as Current
-    from chat.models import Message as CurrentMessage
-
-    for name, chain in ids.items():
-        conversation = Current.objects.get(title=name)
-        assert conversation.tree().path() == chain
-        rows = CurrentMessage.objects.filter(pk__in=chain).order_by("pk")
+    for chain in ids.values():
+        rows = list(Message.objects.filter(pk__in=chain).order_by("pk"))
+        assert Tree.of((m.pk, m.parent_id, m.selected_at) for m in rows).path() == chain
         assert [m.parent_id for m in rows] == [None, *chain[:-1]]
         assert [m.purpose for m in rows] == ["", "answer", "", "answer"]
         assert all(m.selected_at == m.created_at for m in rows)

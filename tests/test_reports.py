@@ -224,7 +224,7 @@ def test_the_counter_fields_are_the_token_counters():
     assert USAGE_SUMS[4:-1] == billing.TOKEN_FIELDS
     assert [name for name, _ in reports.COLUMNS[3:-1]] == list(billing.TOKEN_FIELDS)
     report = admin.site.get_model_admin(UsageDay)
-    assert report.csv_header[7:-1] == billing.TOKEN_FIELDS
+    assert report.csv_header[7:-3] == billing.TOKEN_FIELDS  # then the cost, the title columns
 
 
 def test_the_totals_equal_the_sum_of_the_rows_and_of_what_was_spent(client, staff, ledger):
@@ -408,12 +408,13 @@ def test_the_csv_holds_the_table_every_row_in_the_same_order(client, staff, ledg
         f'attachment; filename="usage-{start.isoformat()}-to-{today().isoformat()}.csv"'
     )
     header, body = rows[0], rows[1:]
-    assert header[:3] == ["day", "user__username", "model"] and header[-1] == "cost_usd"
+    assert header[:3] == ["day", "user__username", "model"]
+    assert header[-3:] == ["cost_usd", "title_requests", "title_cost_usd"]
     assert body == shown
-    # Numbers are plain integers and the cost a decimal string.
+    # Numbers are plain integers and the costs decimal strings.
     for row in body:
-        assert all(re.fullmatch(r"\d+", value) for value in row[3:-1])
-        assert re.fullmatch(r"\d+\.\d{4,}", row[-1])
+        assert all(re.fullmatch(r"\d+", value) for value in [*row[3:-3], row[-2]])
+        assert re.fullmatch(r"\d+\.\d{4,}", row[-3]) and re.fullmatch(r"\d+\.\d{4,}", row[-1])
     # With pages, the CSV still has every row of the filter, in the table's order.
     monkeypatch.setattr(admin.site.get_model_admin(UsageDay), "list_per_page", 1)
     by_user = sort_link(page_html(client, "/admin/usage/"), "User")

@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString
 from chat import frames
 from chat.billing import TOKEN_COUNTERS
 from chat.models import Usage, budget_status
-from chat.reports import budget_words
+from chat.reports import budget_words, usd
 
 register = template.Library()
 
@@ -26,6 +26,12 @@ def budget_notice(user) -> str:
     if status is None or not (status.near or status.over):
         return ""
     return budget_words(status)
+
+
+@register.filter(name="usd")
+def usd_filter(ticks: int | None) -> str:
+    """Ticks as US dollars, exactly (chat.reports.usd): '0.0150'."""
+    return usd(ticks)
 
 
 @register.simple_tag

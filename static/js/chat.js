@@ -399,6 +399,21 @@ function addConversationToSidebar(conversation) {
   markCurrentConversation(conversation.id);
 }
 
+// A conversation's new title (generated, or renamed in another tab): its sidebar entry and,
+// if it is open here, the page's title and the rename field, unless the user is typing in it.
+function showConversationTitle(id, title) {
+  const item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(id))}"]`);
+  const link = item?.querySelector("a");
+  if (link) link.textContent = title;
+  if (id !== currentConversationId) return;
+  document.title = `${title} · Grok Chat`;
+  const input = document.getElementById("rename-input");
+  if (input && document.activeElement !== input) {
+    input.value = title;
+    input.setAttribute("value", title);
+  }
+}
+
 function moveConversationToTop(id) {
   const item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(id))}"]`);
   if (item && item !== conversationList.firstElementChild) conversationList.prepend(item);
@@ -677,6 +692,10 @@ function onBranch(frame) {
   if (frame.conversation_id === currentConversationId) refreshMessages();
 }
 
+function onConversationTitle(frame) {
+  showConversationTitle(frame.conversation_id, frame.title);
+}
+
 function onWatching(frame) {
   if (frame.conversation_id !== currentConversationId) return;
   // Answers that ended while this tab was not listening: show how they ended.
@@ -711,6 +730,7 @@ function onError(frame) {
 
 const FRAME_HANDLERS = {
   conversation: onConversation,
+  "conversation.title": onConversationTitle,
   watching: onWatching,
   snapshot: onSnapshot,
   "message.start": onMessageStart,
