@@ -45,6 +45,11 @@ let acknowledged = 0;
 // text for a send, else null.
 let pending = null;
 const entries = new Map(); // message id -> {article, content, reasoning, ...}
+// Answers on a branch this page does not show (they may still stream): their frames are
+// ignored. Ids of unknown answers wait in `unknownIds` for the page to load the path again.
+const offPathIds = new Set();
+const unknownIds = new Set();
+let refreshing = null;
 const dirtyIds = new Set();
 let frameRequested = false;
 
@@ -612,10 +617,23 @@ function onMessageStart(frame) {
   updateStopButton();
 }
 
+// The entry of an answer a frame is about; null for an answer this page does not show
+// (another branch, or one that started before this page could hear of it: the page loads
+// the active path again, which shows it if it is on it).
+function entryOnPage(id) {
+  const entry = entries.get(id);
+  if (entry) return entry;
+  if (offPathIds.has(id)) return null;
+  if (findArticle(id)) return entryFor(id);
+  unknownIds.add(id);
+  refreshMessages();
+  return null;
+}
+
 function onDelta(frame) {
   if (currentConversationId === null) return;
-  const entry = entryFor(frame.message_id);
-  if (entry.state !== "streaming") return; // a late frame after message.end
+  const entry = entryOnPage(frame.message_id);
+  if (!entry || entry.state !== "streaming") return; // a late frame after message.end
   entry.content += frame.content || "";
   entry.reasoning += frame.reasoning || "";
   scheduleRender(frame.message_id);
@@ -625,7 +643,8 @@ function onDelta(frame) {
 function onMessageEnd(frame) {
   moveConversationToTop(frame.conversation_id);
   if (frame.conversation_id !== currentConversationId) return;
-  const entry = entryFor(frame.message_id);
+  const entry = entryOnPage(frame.message_id);
+  if (!entry) return;
   entry.state = frame.state;
   entry.error = frame.error || "";
   entry.model = frame.model || entry.model;
@@ -661,15 +680,24 @@ function showNewBranch(frame) {
 function removeArticlesAfter(article) {
   for (const other of [...messagesEl.querySelectorAll("article.message")]) {
     if (article && !(article.compareDocumentPosition(other) & Node.DOCUMENT_POSITION_FOLLOWING)) continue;
-    entries.delete(toId(other.dataset.messageId));
+    const id = toId(other.dataset.messageId);
+    entries.delete(id);
+    offPathIds.add(id);
     other.remove();
   }
 }
 
-// Show the conversation's active path again, as the server renders it (after a branch switch).
-async function refreshMessages() {
+// Show the conversation's active path again, as the server renders it (after a branch
+// switch, or a frame about an answer this page does not show). One load at a time.
+function refreshMessages() {
+  refreshing ??= loadMessages().finally(() => { refreshing = null; });
+  return refreshing;
+}
+
+async function loadMessages() {
   const conversationId = currentConversationId;
   if (conversationId === null) return;
+  const asked = [...unknownIds];
   let response;
   try {
     response = await fetch(urlFor("messages", conversationId), { credentials: "same-origin" });
@@ -682,7 +710,15 @@ async function refreshMessages() {
   messagesEl.innerHTML = await response.text();
   entries.clear();
   dirtyIds.clear();
-  for (const article of messagesEl.querySelectorAll("article.message")) hydrateArticle(article);
+  for (const article of messagesEl.querySelectorAll("article.message")) {
+    hydrateArticle(article);
+    offPathIds.delete(toId(article.dataset.messageId));
+  }
+  // Answers that were unknown and are still not shown are on another branch.
+  for (const id of asked) {
+    unknownIds.delete(id);
+    if (!findArticle(id)) offPathIds.add(id);
+  }
   updateStopButton();
   scrollToBottom();
   watchCurrentConversation(); // the answers streaming on this path send their text so far
@@ -711,7 +747,8 @@ function onWatching(frame) {
 
 function onSnapshot(frame) {
   if (frame.conversation_id !== currentConversationId) return;
-  const entry = entryFor(frame.message_id);
+  const entry = entryOnPage(frame.message_id);
+  if (!entry) return;
   entry.state = "streaming";
   entry.content = frame.content || "";
   entry.reasoning = frame.reasoning || "";
