@@ -11,7 +11,17 @@ from django.utils import timezone
 from chat import reports
 from chat.billing import TOKEN_COUNTERS, TokenCounter
 from chat.catalog import failure_text, sync_prices
-from chat.models import USAGE_SUMS, Budget, Conversation, Message, ModelPrice, Usage, UsageDay
+from chat.models import (
+    USAGE_SUMS,
+    Budget,
+    Conversation,
+    Message,
+    ModelPrice,
+    SiteSettings,
+    Usage,
+    UsageDay,
+    UserSettings,
+)
 
 
 class MessageInline(admin.TabularInline):
@@ -260,3 +270,21 @@ class UsageDayAdmin(ReadOnlyAdmin):
         query["format"] = "csv"
         context.update(reports.report_context(days, period), csv_query=query.urlencode())
         return response
+
+
+@admin.register(SiteSettings)
+class SiteSettingsAdmin(admin.ModelAdmin):
+    """One row: added once, then changed, never deleted."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not SiteSettings.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UserSettings)
+class UserSettingsAdmin(admin.ModelAdmin):
+    list_display = ("user",)
+    search_fields = ("user__username",)
+    raw_id_fields = ("user",)

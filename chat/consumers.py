@@ -17,11 +17,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_out
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
 from chat import frames
+from chat.forms import settings_from_frame
 from chat.frames import Frame
 from chat.limits import SOCKETS
 from chat.models import Conversation, Message
@@ -354,6 +356,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
         ):
             raise Refused("bad_frame", "The field 'client_id' must be 1 to 64 of A-Z a-z 0-9 - _.")
+        conversation_settings = self._new_conversation_settings(content, conversation_id)
         if not settings.XAI_API_KEY:
             raise Refused(
                 "no_api_key",
@@ -361,7 +364,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
         started = await database_sync_to_async(start_answer)(
-            self.user, self.session_key, conversation_id, text, model, client_id
+            self.user,
+            self.session_key,
+            conversation_id,
+            text,
+            model,
+            client_id,
+            settings=conversation_settings,
         )
         if isinstance(started, ResentAnswer):
             await self.attach(started, client_id, announce=conversation_id is None)
@@ -376,6 +385,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             send=self.send_frames,
             origin=self.channel_name,
             price=started.price,
+            options=started.options,
         )
         try:
             if started.created:
@@ -457,6 +467,25 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 f"character such as an emoji) at character {found.start() + 1}, which cannot "
                 "be stored.",
             )
+
+    @staticmethod
+    def _new_conversation_settings(
+        content: dict[str, Any], conversation_id: int | None
+    ) -> dict[str, Any] | None:
+        """The `send`'s `settings`, checked by the settings form: for a new conversation
+        only (an existing one's are posted to /c/<id>/settings/)."""
+        value = content.get("settings")
+        if value is None:
+            return None
+        if conversation_id is not None:
+            raise Refused(
+                "bad_frame",
+                "The field 'settings' is for a new conversation (conversation_id null).",
+            )
+        try:
+            return settings_from_frame(value)
+        except ValidationError as exc:
+            raise Refused("bad_frame", " ".join(exc.messages)) from None
 
     @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:

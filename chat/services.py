@@ -16,11 +16,12 @@ from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.db import IntegrityError, transaction
 from django.utils.crypto import constant_time_compare
 
-from chat import frames
+from chat import frames, prompts
 from chat.billing import Price, fit_history
 from chat.limits import limits_for, lock_user, refusal_for
 from chat.models import Conversation, Message, ModelPrice, SendKey
 from chat.streams import worker_id
+from chat.upstream import NO_OPTIONS, RequestOptions
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -49,6 +50,7 @@ class StartedAnswer:
     history: list[dict[str, str]]  # what the model sees, fitted to its context window
     dropped: int  # the oldest turns left out to fit
     price: Price | None  # in force now, when the request is made
+    options: RequestOptions = NO_OPTIONS  # the conversation's (chat.prompts.request_options)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def start_answer(
     text: str,
     model: str | None,
     client_id: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> StartedAnswer | ResentAnswer:
     """Check the session and the user's limits, then save the message and an empty answer
     and read what the model will see; or raise Refused having saved nothing.
@@ -110,9 +113,11 @@ def start_answer(
     frame's fields). The model is the one asked for, else the conversation's, else
     CHAT_DEFAULT_MODEL. A `client_id` the user sent within SendKey.KEPT gives the answer
     that send started (ResentAnswer), saving nothing and counting against no limit.
+    `settings`: a new conversation's settings (chat.forms.settings_from_frame), unused
+    for an existing one.
     """
     try:
-        return _start_answer(user, session_key, conversation_id, text, model, client_id)
+        return _start_answer(user, session_key, conversation_id, text, model, client_id, settings)
     except IntegrityError:
         # The same client_id raced in from another thread or process, and won.
         if client_id is None:
@@ -148,6 +153,7 @@ def _start_answer(
     text: str,
     model: str | None,
     client_id: str | None,
+    conversation_settings: dict[str, Any] | None = None,  # (not `settings`: Django's)
 ) -> StartedAnswer | ResentAnswer:
     with transaction.atomic():
         # Serialise one user's sends so that two at once can't both pass the limits.
@@ -163,7 +169,7 @@ def _start_answer(
         created = conversation_id is None
         if conversation_id is None:
             conversation = Conversation.objects.create(
-                user=user, title=Conversation.title_from(text)
+                user=user, title=Conversation.title_from(text), **(conversation_settings or {})
             )
         else:
             found = Conversation.objects.for_user(user).filter(id=conversation_id).first()
@@ -178,8 +184,11 @@ def _start_answer(
         price = ModelPrice.price_for(model)
         # A new conversation's history is the message just saved: no need to read it back.
         history = [{"role": "user", "content": text}] if created else conversation.history()
-    room = settings.CHAT_CONTEXT_TOKENS - settings.CHAT_ANSWER_RESERVE_TOKENS
-    history, dropped = fit_history(history, max(room, 1))
+        history = prompts.with_system_prompt(history, prompts.system_prompt(user, conversation))
+    history, dropped = fit_history(history, prompts.history_room(conversation))
     if dropped:
         logger.info("answer %s: %d oldest messages left out to fit", answer.id, dropped)
-    return StartedAnswer(conversation, created, user_message, answer, history, dropped, price)
+    options = prompts.request_options(conversation)
+    return StartedAnswer(
+        conversation, created, user_message, answer, history, dropped, price, options
+    )
