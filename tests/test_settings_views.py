@@ -10,7 +10,7 @@ from django.contrib.auth import SESSION_KEY
 from django.core.cache import cache
 from django.test import Client
 
-from chat.models import Conversation, UserSettings
+from chat.models import Conversation, SiteSettings, UserSettings
 
 pytestmark = pytest.mark.django_db
 
@@ -191,3 +191,15 @@ def test_alice_changes_her_password_stays_logged_in_and_her_other_session_is_log
     assert here.session[SESSION_KEY] == str(alice.pk)
     assert elsewhere.get("/settings/")["Location"].startswith("/accounts/login/")
     assert SESSION_KEY not in elsewhere.session
+
+
+def test_a_staff_user_sets_the_sites_default_system_prompt_once_in_the_admin(client, staff):
+    client.force_login(staff)
+    add = "/admin/chat/sitesettings/add/"
+    response = client.post(add, {"default_system_prompt": "Be kind."})
+    assert response.status_code == 302
+    assert SiteSettings.objects.get().default_system_prompt == "Be kind."
+    assert client.get(add).status_code == 403  # one row: changed from now on, not added
+    client.post("/admin/chat/sitesettings/1/change/", {"default_system_prompt": "Be brief."})
+    assert SiteSettings.objects.get(pk=1).default_system_prompt == "Be brief."
+    assert client.post("/admin/chat/sitesettings/1/delete/", {"post": "yes"}).status_code == 403

@@ -752,8 +752,12 @@ function onSettingsSubmit(event) {
 }
 
 // A new chat's summary follows the panel as it is edited: it is what the first send takes.
+// An existing chat's shows what is saved, until Save.
 function onSettingsInput() {
-  if (currentConversationId !== null) return;
+  if (currentConversationId !== null) {
+    setSettingsStatus("Changed: Save applies them to the next message.");
+    return;
+  }
   settingsSummary.textContent = settingsSummaryText(panelSettings());
 }
 
