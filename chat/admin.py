@@ -18,8 +18,10 @@ from chat.models import (
     Conversation,
     Message,
     ModelPrice,
+    SiteSettings,
     Usage,
     UsageDay,
+    UserSettings,
 )
 
 
@@ -282,3 +284,21 @@ class UsageDayAdmin(ReadOnlyAdmin):
         query["format"] = "csv"
         context.update(reports.report_context(days, period), csv_query=query.urlencode())
         return response
+
+
+@admin.register(SiteSettings)
+class SiteSettingsAdmin(admin.ModelAdmin):
+    """One row: added once, then changed, never deleted."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not SiteSettings.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UserSettings)
+class UserSettingsAdmin(admin.ModelAdmin):
+    list_display = ("user",)
+    search_fields = ("user__username",)
+    raw_id_fields = ("user",)

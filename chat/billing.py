@@ -164,12 +164,15 @@ TURN_OVERHEAD_TOKENS = 4  # role and separators of each message, roughly
 def fit_history(turns: list[dict[str, str]], max_tokens: int) -> tuple[list[dict[str, str]], int]:
     """The newest turns whose estimated size fits `max_tokens`, and how many were dropped.
 
-    The newest turn (the user's question) is always kept, and what is sent never starts
-    with an answer whose question was dropped.
+    The system prompt (turns of role system, sent first) and the newest turn (the user's
+    question) are always kept, and what is sent never starts with an answer whose question
+    was dropped.
     """
+    system = [turn for turn in turns if turn["role"] == "system"]
+    rest = [turn for turn in turns if turn["role"] != "system"]
+    total = sum(estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS for turn in system)
     kept: list[dict[str, str]] = []
-    total = 0
-    for turn in reversed(turns):
+    for turn in reversed(rest):
         size = estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS
         if kept and total + size > max_tokens:
             break
@@ -178,7 +181,7 @@ def fit_history(turns: list[dict[str, str]], max_tokens: int) -> tuple[list[dict
     kept.reverse()
     while len(kept) > 1 and kept[0]["role"] != "user":
         kept.pop(0)
-    return kept, len(turns) - len(kept)
+    return system + kept, len(rest) - len(kept)
 
 
 def period_start(period: str, now: dt.datetime) -> dt.datetime:

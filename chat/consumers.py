@@ -17,11 +17,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_out
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
 from chat import frames, titles
+from chat.forms import settings_from_frame
 from chat.frames import Frame
 from chat.limits import SOCKETS
 from chat.models import Conversation, Message, Usage
@@ -352,6 +354,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 raise Refused("bad_frame", "A new conversation's message follows no message.")
             parent_id = self._int_field(content, "parent_id")
         model, client_id = self._model_field(content), self._client_id_field(content)
+        conversation_settings = self._new_conversation_settings(content, conversation_id)
         self._check_api_key()
         started = await database_sync_to_async(start_answer)(
             self.user,
@@ -361,6 +364,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             model,
             client_id,
             parent_id=parent_id,
+            conversation_settings=conversation_settings,
         )
         await self._begin(started, client_id, announce=conversation_id is None)
 
@@ -414,6 +418,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             price=started.price,
             purpose=answer.purpose,
             prefix=answer.content,
+            options=started.options,
         )
         if titles.wanted(conversation, started.user_message, answer):
             run.after_complete = titles.after_first_answer
@@ -541,6 +546,25 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 f"character such as an emoji) at character {found.start() + 1}, which cannot "
                 "be stored.",
             )
+
+    @staticmethod
+    def _new_conversation_settings(
+        content: dict[str, Any], conversation_id: int | None
+    ) -> dict[str, Any] | None:
+        """The `send`'s `settings`, checked by the settings form: for a new conversation
+        only (an existing one's are posted to /c/<id>/settings/)."""
+        value = content.get("settings")
+        if value is None:
+            return None
+        if conversation_id is not None:
+            raise Refused(
+                "bad_frame",
+                "The field 'settings' is for a new conversation (conversation_id null).",
+            )
+        try:
+            return settings_from_frame(value)
+        except ValidationError as exc:
+            raise Refused("bad_frame", " ".join(exc.messages)) from None
 
     @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:

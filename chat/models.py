@@ -37,6 +37,13 @@ class Conversation(models.Model):
     model = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # Its settings (chat.forms.ConversationSettingsForm), applied to each of its requests;
+    # blank or null: the upstream's default (chat.prompts).
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_effort = models.CharField(max_length=10, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 
@@ -863,3 +870,40 @@ class OpenSocket(models.Model):
 
     def __str__(self) -> str:
         return f"socket of {self.user_id} on {self.worker}"
+
+
+class SiteSettings(models.Model):
+    """The site's own settings, one row (admin, "Site settings")."""
+
+    default_system_prompt = models.TextField(
+        blank=True,
+        help_text="sent first in the system prompt of every request, before each user's "
+        "custom instructions and the conversation's own system prompt",
+    )
+
+    class Meta:
+        verbose_name = verbose_name_plural = "site settings"
+
+    def __str__(self) -> str:
+        return "Site settings"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.pk = 1  # the one row, whatever the form says
+        super().save(*args, **kwargs)
+
+
+class UserSettings(models.Model):
+    """A user's own settings (their "Settings" page)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_settings"
+    )
+    custom_instructions = models.TextField(
+        blank=True, help_text="sent in the system prompt of each of their requests"
+    )
+
+    class Meta:
+        verbose_name = verbose_name_plural = "user settings"
+
+    def __str__(self) -> str:
+        return f"Settings of {self.user}"

@@ -18,12 +18,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from chat import frames
+from chat import frames, prompts
 from chat.billing import Price, fit_history
 from chat.limits import limits_for, lock_user, refusal_for
 from chat.models import Conversation, Message, ModelPrice, SendKey, Usage
 from chat.streams import worker_id
 from chat.tree import Tree
+from chat.upstream import NO_OPTIONS, RequestOptions
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -53,6 +54,7 @@ class StartedAnswer:
     dropped: int  # the oldest turns left out to fit
     price: Price | None  # in force now, when the request is made
     siblings: Siblings  # of the user's message and of the answer, for message.start
+    options: RequestOptions = NO_OPTIONS  # the conversation's (chat.prompts.request_options)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def start_answer(
     *,
     parent_id: int | None = None,
     edit_of: int | None = None,
+    conversation_settings: dict[str, Any] | None = None,  # (not `settings`: Django's)
 ) -> StartedAnswer | ResentAnswer:
     """Check the session and the user's limits, then save the message and an empty answer
     and read what the model will see; or raise Refused having saved nothing.
@@ -142,6 +145,8 @@ def start_answer(
     replaces) is that message's sibling. A `client_id` the user sent within SendKey.KEPT
     gives the answer that send started (ResentAnswer), saving nothing and counting against
     no limit.
+    `conversation_settings`: a new conversation's settings (chat.forms.settings_from_frame),
+    unused for an existing one.
     """
 
     def start() -> StartedAnswer | ResentAnswer:
@@ -151,7 +156,7 @@ def start_answer(
             created = conversation_id is None
             if conversation_id is None:
                 conversation = Conversation.objects.create(
-                    user=user, title=Conversation.title_from(text)
+                    user=user, title=Conversation.title_from(text), **(conversation_settings or {})
                 )
                 tree = Tree()
             else:
@@ -171,7 +176,7 @@ def start_answer(
                 history = [{"role": "user", "content": text}]
             else:
                 history = conversation.history(tree.ancestors(user_message.pk))
-            return _started(conversation, created, user_message, answer, history, tree)
+            return _started(user, conversation, created, user_message, answer, history, tree)
 
     return _resent_on_race(start, user, client_id, conversation_id, text)
 
@@ -231,7 +236,7 @@ def answer_again(
                 history.append({"role": "user", "content": CONTINUE_PROMPT})
             else:
                 history = conversation.history(tree.ancestors(question.pk))
-            return _started(conversation, False, question, answer, history, tree)
+            return _started(user, conversation, False, question, answer, history, tree)
 
     return _resent_on_race(start, user, client_id, None, None)
 
@@ -338,6 +343,7 @@ def _parent_for(
 
 
 def _started(
+    user: User,
     conversation: Conversation,
     created: bool,
     user_message: Message,
@@ -346,11 +352,12 @@ def _started(
     tree: Tree,
 ) -> StartedAnswer:
     price = ModelPrice.price_for(answer.model)
-    room = settings.CHAT_CONTEXT_TOKENS - settings.CHAT_ANSWER_RESERVE_TOKENS
-    history, dropped = fit_history(history, max(room, 1))
+    history = prompts.with_system_prompt(history, prompts.system_prompt(user, conversation))
+    history, dropped = fit_history(history, prompts.history_room(conversation))
     if dropped:
         logger.info("answer %s: %d oldest messages left out to fit", answer.id, dropped)
     siblings = Siblings.of(tree, user_message, answer)
+    options = prompts.request_options(conversation)
     return StartedAnswer(
-        conversation, created, user_message, answer, history, dropped, price, siblings
+        conversation, created, user_message, answer, history, dropped, price, siblings, options
     )

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
@@ -31,8 +32,9 @@ from redis.exceptions import RedisError
 
 from chat import frames
 from chat.billing import TOKEN_FIELDS, Price
+from chat.capabilities import allowed_options
 from chat.models import Message, OpenSocket, Usage, streams_started_after
-from chat.upstream import Answer, Delta, Timeouts, Upstream, UpstreamError
+from chat.upstream import Answer, Delta, RequestOptions, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +264,7 @@ class AnswerRun:
         price: Price | None = None,
         purpose: str = Usage.Purpose.ANSWER,
         prefix: str = "",
+        options: RequestOptions | None = None,
     ) -> None:
         self.user_id = user_id
         self.conversation_id = conversation_id
@@ -269,6 +272,7 @@ class AnswerRun:
         self.model = model
         self.history = history
         self.price = price  # in force when the request was made
+        self.options = options or RequestOptions()  # the conversation's, as it asks them
         self._send = send
         self.origin = origin
         self.purpose = purpose
@@ -330,7 +334,9 @@ class AnswerRun:
         error = ""
         try:
             upstream = upstream_from_settings()
-            async for delta in upstream.stream(self.answer, self.model, self.history):
+            # Less what the model refuses (the cached model list, a thread's cache read).
+            options = await sync_to_async(allowed_options)(self.model, self.options)
+            async for delta in upstream.stream(self.answer, self.model, self.history, options):
                 self._emit(delta)
         except asyncio.CancelledError:
             # Stop, or shutdown: keep what arrived and record it below.

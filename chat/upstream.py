@@ -133,6 +133,26 @@ class Answer:
             self.first_token_at = time.monotonic()
 
 
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a request may set besides the model and the messages; None: the upstream's
+    default. Each dialect sends them by its API's own names (see its body())."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    reasoning_effort: str | None = None
+
+
+NO_OPTIONS = RequestOptions()
+
+
+def _sampling(options: RequestOptions) -> dict[str, Any]:
+    """temperature and top_p, which the three APIs name alike."""
+    fields = {"temperature": options.temperature, "top_p": options.top_p}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 class UpstreamError(Exception):
     """A failure of the upstream, with a message fit to show the user."""
 
@@ -322,13 +342,22 @@ class ChatCompletions:
     name = "chat_completions"
     path = "/chat/completions"
 
-    def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-        return {
+    def body(
+        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "model": model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **_sampling(options),
         }
+        # xAI's recorded name is max_tokens (max_completion_tokens: no evidence it is read).
+        if options.max_output_tokens is not None:
+            body["max_tokens"] = options.max_output_tokens
+        if options.reasoning_effort:
+            body["reasoning_effort"] = options.reasoning_effort
+        return body
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
         obj = _object(event)
@@ -390,8 +419,25 @@ class Responses:
     name = "responses"
     path = "/responses"
 
-    def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-        return {"model": model, "input": messages, "stream": True, "store": False}
+    def body(
+        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+    ) -> dict[str, Any]:
+        # The system prompt is the request's `instructions`, not a turn of `input`.
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        body: dict[str, Any] = {
+            "model": model,
+            "input": [m for m in messages if m["role"] != "system"],
+            "stream": True,
+            "store": False,
+            **_sampling(options),
+        }
+        if system:
+            body["instructions"] = system
+        if options.max_output_tokens is not None:
+            body["max_output_tokens"] = options.max_output_tokens
+        if options.reasoning_effort:
+            body["reasoning"] = {"effort": options.reasoning_effort}
+        return body
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
         obj = _object(event)
@@ -428,13 +474,19 @@ class AnthropicMessages:
     name = "anthropic_messages"
     path = "/messages"
 
-    def body(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+    # The Messages API requires max_tokens: this, unless the conversation sets its own.
+    DEFAULT_MAX_TOKENS = 8192
+
+    def body(
+        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+    ) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": model,
             "messages": [m for m in messages if m["role"] != "system"],
-            "max_tokens": 8192,
+            "max_tokens": options.max_output_tokens or self.DEFAULT_MAX_TOKENS,
             "stream": True,
+            **_sampling(options),
         }
         if system:
             body["system"] = system
@@ -562,16 +614,23 @@ class Upstream:
         return redact(text, self.api_key)
 
     async def stream(
-        self, answer: Answer, model: str, messages: list[dict[str, str]]
+        self,
+        answer: Answer,
+        model: str,
+        messages: list[dict[str, str]],
+        options: RequestOptions | None = None,
     ) -> AsyncGenerator[Delta, None]:
-        """Stream one answer, retrying only while nothing has been relayed yet."""
+        """Stream one answer, retrying only while nothing has been relayed yet. `options`
+        are sent as given: chat.capabilities.allowed_options() drops what a model refuses."""
         attempt = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.total
         while True:
             relayed = False
             try:
-                async for delta in self._stream_once(answer, model, messages, deadline):
+                async for delta in self._stream_once(
+                    answer, model, messages, options or NO_OPTIONS, deadline
+                ):
                     relayed = True
                     yield delta
                 return
@@ -591,10 +650,15 @@ class Upstream:
                 await self._sleep(wait)
 
     async def _stream_once(
-        self, answer: Answer, model: str, messages: list[dict[str, str]], deadline: float
+        self,
+        answer: Answer,
+        model: str,
+        messages: list[dict[str, str]],
+        options: RequestOptions,
+        deadline: float,
     ) -> AsyncGenerator[Delta, None]:
         url = self.base_url + self.dialect.path
-        body = self.dialect.body(model, messages)
+        body = self.dialect.body(model, messages, options)
         loop = asyncio.get_running_loop()
         got_token = False
         # Each read of the upstream gets its own deadline and none is armed while this
@@ -725,10 +789,12 @@ class Upstream:
 
 @dataclass
 class Catalog:
-    """What the upstream offers: model ids with their aliases, and xAI's list prices."""
+    """What the upstream offers: model ids with their aliases, xAI's list prices, and each
+    model's `capabilities` object as the list gives it (read by chat.capabilities)."""
 
     models: list[str]
     prices: dict[str, Price]
+    capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
@@ -758,6 +824,7 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
     items = body.get(key) if isinstance(body, dict) else None
     ids: set[str] = set()
     prices: dict[str, Price] = {}
+    capabilities: dict[str, dict[str, Any]] = {}
     for item in items if isinstance(items, list) else ():
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
@@ -766,4 +833,6 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
         price = price_from_language_model(item)
         if price is not None:
             prices.update(dict.fromkeys(names, price))
-    return Catalog(sorted(ids), prices)
+        if isinstance(item.get("capabilities"), dict):
+            capabilities.update(dict.fromkeys(names, item["capabilities"]))
+    return Catalog(sorted(ids), prices, capabilities)

@@ -11,6 +11,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib import admin
+from django.contrib import messages as django_messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import REDIRECT_FIELD_NAME, get_user_model, login
 from django.contrib.auth import models as auth_models
@@ -28,12 +29,15 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_POST
 
 from chat import titles
+from chat.capabilities import efforts_by_model
 from chat.catalog import models_offered
-from chat.models import Conversation, Message
+from chat.forms import ConversationSettingsForm, UserSettingsForm
+from chat.models import Conversation, Message, UserSettings
+from chat.prompts import conversation_settings
 from chat.streams import channel_layer, stop_answers
 
 logger = logging.getLogger(__name__)
@@ -91,13 +95,15 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         shown = _messages_context(request, conversation)
     except BadPage:
         return _bad_before()
+    models = models_offered()
     context = {
         **shown,
         "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
-        "models": models_offered(),
+        "models": models,
         "default_model": settings.CHAT_DEFAULT_MODEL,
         "api_key_configured": bool(settings.XAI_API_KEY),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        **_settings_panel(conversation, models),
     }
     return render(request, "chat/chat.html", context)
 
@@ -107,6 +113,18 @@ def _bad_before() -> HttpResponse:
         "?before= must be a message id, in the digits 0-9.",
         content_type="text/plain; charset=utf-8",
     )
+
+
+def _settings_panel(conversation: Conversation | None, models: list[str]) -> dict[str, Any]:
+    """The settings panel's context: its form, its summary, and the efforts each model
+    accepts (the panel offers effort only for a model that takes one)."""
+    values = conversation_settings(conversation) if conversation else None
+    offered = [*models, conversation.model] if conversation and conversation.model else models
+    return {
+        "settings_form": ConversationSettingsForm(initial=values),
+        "settings_summary": values["summary"] if values else "Default settings",
+        "model_efforts": efforts_by_model(offered),
+    }
 
 
 @login_required
@@ -159,6 +177,51 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
             robust=True,
         )
     return redirect("conversation", conversation.id)
+
+
+@login_required
+@require_POST
+def save_settings(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    """The settings panel's save: the conversation's settings as saved, with their summary,
+    or 400 with each field's errors; applied from its next request on."""
+    conversation = _get_conversation_for_user(request, conversation_id)
+    form = ConversationSettingsForm(request.POST)
+    if not form.is_valid():
+        errors = {name: [str(error) for error in errors] for name, errors in form.errors.items()}
+        return JsonResponse({"errors": errors}, status=400)
+    for name, value in form.cleaned_data.items():
+        setattr(conversation, name, value)
+    conversation.save(update_fields=list(form.cleaned_data))
+    return JsonResponse(conversation_settings(conversation))
+
+
+@login_required
+def user_settings(request: HttpRequest) -> HttpResponse:
+    """The user's settings page: their custom instructions, and a link to change their
+    password (Django's own view, PasswordChangeView)."""
+    user = request.user
+    assert user.is_authenticated  # login_required
+    instance = UserSettings.objects.filter(user=user).first() or UserSettings(user=user)
+    form = UserSettingsForm(request.POST or None, instance=instance)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        django_messages.success(request, "Your custom instructions are saved.")
+        return redirect("settings")
+    return render(request, "chat/settings.html", {"form": form})
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's, which keeps this session logged in (update_session_auth_hash) while the
+    user's other sessions, and their chat sockets, are logged out."""
+
+    template_name = "chat/password_change.html"
+    success_url = reverse_lazy("settings")
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        django_messages.success(
+            self.request, "Your password is changed. Your other sessions are logged out."
+        )
+        return super().form_valid(form)
 
 
 @login_required

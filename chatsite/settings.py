@@ -376,6 +376,14 @@ CHAT_ANSWER_RESERVE_TOKENS = envint("CHAT_ANSWER_RESERVE_TOKENS", 16384)
 # means the conversation's own) for a short title (chat.titles, docs/usage.md).
 CHAT_TITLES = envbool("CHAT_TITLES", "true")
 CHAT_TITLE_MODEL = os.getenv("CHAT_TITLE_MODEL", "").strip()
+
+# The most a conversation's "max output tokens" setting may ask for; a larger setting also
+# keeps that much room for the answer in the context window.
+CHAT_MAX_OUTPUT_TOKENS = envint("CHAT_MAX_OUTPUT_TOKENS", 65536)
+if CHAT_MAX_OUTPUT_TOKENS < 1:
+    raise ImproperlyConfigured(
+        f"CHAT_MAX_OUTPUT_TOKENS must be 1 or more, not {CHAT_MAX_OUTPUT_TOKENS}"
+    )
 # Each user's limits unless their budget (admin, "Budgets") says otherwise; 0: no limit.
 # Checked in the database, so they hold across processes (docs/usage.md).
 CHAT_MAX_CONCURRENT_ANSWERS = envlimit("CHAT_MAX_CONCURRENT_ANSWERS", 3)

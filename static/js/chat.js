@@ -789,6 +789,7 @@ function submitPrompt() {
   const last = [...messagesEl.querySelectorAll("article.message")].pop();
   const olderPage = document.getElementById("latest-messages") !== null;
   if (currentConversationId !== null && last && !olderPage) frame.parent_id = toId(last.dataset.messageId);
+  if (currentConversationId === null) frame.settings = panelSettings(); // see "conversation settings"
   requestAnswer(frame, content);
 }
 
@@ -887,6 +888,120 @@ function submitEdit(article, text) {
   if (requestAnswer(frame)) closeEditor(article);
 }
 
+// ---------------------------------------------------------------- conversation settings
+// The panel above the composer (templates/chat/chat.html): an existing conversation's
+// settings are saved at once (POST /c/<id>/settings/, whose answer carries the summary the
+// server writes); a new chat's stay in the panel and go with its first `send` as `settings`.
+
+const settingsForm = document.getElementById("settings-form");
+const settingsSummary = document.getElementById("settings-summary");
+const settingsStatus = document.getElementById("settings-status");
+const effortField = document.getElementById("settings-effort-field");
+const effortSelect = settingsForm.elements.reasoning_effort;
+// The efforts each model accepts ({model: [efforts]}), from chat.capabilities.
+const modelEfforts = JSON.parse(document.getElementById("model-efforts")?.textContent ?? "{}");
+const NUMBER_SETTINGS = ["temperature", "top_p", "max_output_tokens"];
+
+// A number field's value as JSON: null when empty; text the server then refuses, explaining.
+function settingNumber(value) {
+  if (value.trim() === "") return null;
+  const number = Number(value);
+  return Number.isFinite(number) ? number : value;
+}
+
+function panelSettings() {
+  const fields = settingsForm.elements;
+  const settings = { system_prompt: fields.system_prompt.value, reasoning_effort: effortSelect.value };
+  for (const name of NUMBER_SETTINGS) settings[name] = settingNumber(fields[name].value);
+  return settings;
+}
+
+// The line chat.prompts.settings_summary writes: keep the two alike.
+function settingsSummaryText(settings) {
+  const parts = [];
+  if (settings.system_prompt && settings.system_prompt.trim()) parts.push("System prompt");
+  if (settings.temperature !== null) parts.push(`temp ${settings.temperature}`);
+  if (settings.top_p !== null) parts.push(`top_p ${settings.top_p}`);
+  if (settings.max_output_tokens !== null) {
+    const tokens = settings.max_output_tokens;
+    parts.push(`max ${typeof tokens === "number" ? tokens.toLocaleString("en-US") : tokens} tokens`);
+  }
+  if (settings.reasoning_effort) parts.push(`effort ${settings.reasoning_effort}`);
+  return parts.join(" · ") || "Default settings";
+}
+
+function setSettingsStatus(text, state = "") {
+  settingsStatus.textContent = text;
+  settingsStatus.dataset.state = state;
+}
+
+// Effort only where the selected model accepts one; the efforts it does not take disabled.
+function updateEffortField() {
+  const efforts = modelEfforts[modelPicker.value] || [];
+  effortField.hidden = efforts.length === 0;
+  for (const option of effortSelect.options) option.disabled = option.value !== "" && !efforts.includes(option.value);
+}
+
+function showSavedSettings(saved) {
+  const fields = settingsForm.elements;
+  fields.system_prompt.value = saved.system_prompt;
+  effortSelect.value = saved.reasoning_effort;
+  for (const name of NUMBER_SETTINGS) fields[name].value = saved[name] === null ? "" : String(saved[name]);
+  settingsSummary.textContent = saved.summary;
+}
+
+function settingsErrorText(errors) {
+  return Object.entries(errors).map(([name, messages]) => `${name}: ${messages.join(" ")}`).join(" ");
+}
+
+async function saveSettings(conversationId) {
+  setSettingsStatus("Saving…");
+  const body = new FormData(settingsForm);
+  let response;
+  try {
+    response = await fetch(urlFor("settings", conversationId), { method: "POST", body, credentials: "same-origin" });
+  } catch {
+    setSettingsStatus("Not saved: the server could not be reached.", "error");
+    return;
+  }
+  const answer = await response.json().catch(() => null);
+  if (response.ok && answer) {
+    showSavedSettings(answer);
+    setSettingsStatus("Saved: applied from the next message on.");
+  } else if (answer && answer.errors) {
+    setSettingsStatus(`Not saved: ${settingsErrorText(answer.errors)}`, "error");
+  } else {
+    setSettingsStatus(`Not saved (${response.status}).`, "error");
+  }
+}
+
+function onSettingsSubmit(event) {
+  event.preventDefault();
+  if (currentConversationId === null) {
+    settingsSummary.textContent = settingsSummaryText(panelSettings());
+    setSettingsStatus("Kept: sent with this chat's first message.");
+    return;
+  }
+  saveSettings(currentConversationId);
+}
+
+// A new chat's summary follows the panel as it is edited: it is what the first send takes.
+// An existing chat's shows what is saved, until Save.
+function onSettingsInput() {
+  if (currentConversationId !== null) {
+    setSettingsStatus("Changed: Save applies them to the next message.");
+    return;
+  }
+  settingsSummary.textContent = settingsSummaryText(panelSettings());
+}
+
+function initSettingsPanel() {
+  updateEffortField();
+  settingsForm.addEventListener("submit", onSettingsSubmit);
+  settingsForm.addEventListener("input", onSettingsInput);
+  modelPicker.addEventListener("change", updateEffortField);
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
@@ -900,6 +1015,7 @@ function init() {
   stopButton.addEventListener("click", onStopClick);
   messagesEl.addEventListener("click", onMessagesClick);
   noticeDismiss.addEventListener("click", hideNotice);
+  initSettingsPanel();
   connect();
 }
 
