@@ -264,8 +264,12 @@ class Message(models.Model):
         )
         if not claimed:
             return None
+        from chat.prompts import system_prompt  # (chat.prompts builds on these models)
+
         self.refresh_from_db()
-        prompt = [turn["content"] for turn in self.conversation.history_to(self.parent_id)]
+        conversation = self.conversation
+        prompt = [turn["content"] for turn in conversation.history_to(self.parent_id)]
+        prompt.append(system_prompt(conversation.user, conversation))
         usage = {
             **Usage.estimated_fields(prompt, self.content, self.reasoning),
             "requested_model": self.model,

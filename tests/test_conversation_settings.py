@@ -228,3 +228,12 @@ def test_fitting_the_history_never_drops_the_system_prompt():
     ]
     kept, dropped = fit_history(turns, 120)
     assert kept == [system, turns[-1]] and dropped == 2
+
+
+@pytest.mark.django_db
+def test_an_abandoned_answers_estimate_counts_the_system_prompt_it_was_sent(alice):
+    conversation = Conversation.objects.create(user=alice, system_prompt="x" * 400)
+    _, answer = conversation.start_answer("q" * 40, "grok-4", "gone-host:1")
+    row = answer.interrupt_orphan()
+    assert row is not None and row.source == "estimated"
+    assert row.prompt_tokens == 100 + 10  # 4 characters a token, as docs/usage.md says
