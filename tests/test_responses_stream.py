@@ -417,9 +417,15 @@ def x_search_stream() -> bytes:
 async def test_it_reports_x_and_web_search_calls_in_order_with_their_queries(
     server: FakeUpstream,
 ) -> None:
-    body = x_search_stream() + event(
-        "response.completed",
-        response={**RESPONSE, "status": "completed", "usage": USAGE, "output": []},
+    # A late progress event (as an upstream could send it) does not revive a done call.
+    late = event("response.web_search_call.searching", item_id=WEB_CALL, output_index=1)
+    body = (
+        x_search_stream()
+        + late
+        + event(
+            "response.completed",
+            response={**RESPONSE, "status": "completed", "usage": USAGE, "output": []},
+        )
     )
     answer, deltas = await read(server, Reply(body=body, pieces="random", crlf=True))
 
