@@ -188,7 +188,7 @@ class Answer:
     all_citations: list[str] = field(default_factory=list)
     tool_calls_seen: dict[str, ToolStatus] = field(default_factory=dict)
     # The Responses dialect's reading state: items done by output index, custom tools'
-    # input so far by item id, and which reasoning part the last reasoning delta was of.
+    # input so far by item id, the URLs cited, and the reasoning part last read.
     done_items: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
     tool_inputs: dict[str, str] = field(default_factory=dict, repr=False)
     cited_urls: set[str] = field(default_factory=set, repr=False)
