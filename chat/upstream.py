@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import httpx
 import orjson
@@ -46,6 +46,10 @@ class Usage:
     total_tokens: int = 0
     cost_in_usd_ticks: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    # xAI's server-side tools (web and X search, code...): `num_server_side_tools_used`,
+    # and `server_side_tool_usage_details` as given ({"web_search_calls": 1, ...}).
+    tools_used: int = 0
+    tool_usage: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_openai(cls, raw: dict[str, Any]) -> Usage:
@@ -61,6 +65,7 @@ class Usage:
         prompt_details = raw.get(f"{prompt_key}_details") or {}
         completion_details = raw.get(f"{completion_key}_details") or {}
         cost = raw.get("cost_in_usd_ticks")
+        details = raw.get("server_side_tool_usage_details")
         return cls(
             prompt_tokens=_int(raw.get(prompt_key)),
             cached_prompt_tokens=_int(prompt_details.get("cached_tokens")),
@@ -69,6 +74,12 @@ class Usage:
             total_tokens=_int(raw.get("total_tokens")),
             cost_in_usd_ticks=cost if isinstance(cost, int) else None,
             raw=raw,
+            tools_used=_int(raw.get("num_server_side_tools_used")),
+            tool_usage={
+                str(name): count
+                for name, count in (details.items() if isinstance(details, dict) else ())
+                if isinstance(count, int) and not isinstance(count, bool) and count >= 0
+            },
         )
 
     @classmethod
@@ -95,15 +106,72 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
+class Citation(TypedDict):
+    """A source the answer cites: its URL as the upstream gave it, and its title if any."""
+
+    url: str
+    title: NotRequired[str]
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    """Where one server-side tool call of a Responses stream stands, as last reported.
+
+    id: the output item's id (`item_id` of its events), the same for every status of one
+    call. kind: "web_search", "x_search" (also xAI's X tools, which stream as custom tool
+    calls named `x_...`), "custom" (another custom tool call), or the item type without
+    `_call` for other tools ("code_interpreter", "mcp", ...). state: "in_progress" (the
+    call began), "searching" (the tool runs: its `*.searching` event, or a custom tool's
+    input is complete), "completed", or the upstream's own word ("failed", "executing").
+    name: the tool's name where the item has one ("web_search", "x_keyword_search").
+    query: the search query where the item or its input carries one, else "".
+    """
+
+    id: str
+    kind: str
+    state: str
+    name: str = ""
+    query: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "name": self.name,
+            "query": self.query,
+        }
+
+
 @dataclass
 class Delta:
+    """What one event added: text, reasoning, and (Responses API) a tool call's new status
+    and the citations first seen in it. Only text and reasoning go into the Answer's text."""
+
     content: str = ""
     reasoning: str = ""
+    tool: ToolStatus | None = None
+    citations: list[Citation] = field(default_factory=list)
 
 
 @dataclass
 class Answer:
-    """Everything known about one answer so far; filled in while the stream is read."""
+    """Everything known about one answer so far; filled in while the stream is read.
+
+    From the Responses API also:
+    - output_items: the items of the final `response.output` (`response.completed` or
+      `.incomplete`), verbatim and in order: reasoning items (with `encrypted_content`
+      when `store` is false), tool calls and messages, to send back with the next turn.
+      Until that event arrives (and if it never does), the items `response.output_item.done`
+      carried, in output order.
+    - citations: the sources the answer cites inline: each `url_citation` annotation
+      (`response.output_text.annotation.added`, and those of the final message items),
+      one per URL, in order of first appearance.
+    - all_citations: the response's own final `citations` list where the stream carries
+      one: every URL the tools looked at, cited or not (xAI's "all citations").
+    - tool_calls_seen: each server-side tool call's latest ToolStatus, by item id, in the
+      order the calls began.
+    """
 
     content_parts: list[str] = field(default_factory=list)
     reasoning_parts: list[str] = field(default_factory=list)
@@ -115,6 +183,16 @@ class Answer:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     first_token_at: float | None = None
     accepted: bool = False  # an attempt got a streaming 200: the upstream began to answer
+    output_items: list[dict[str, Any]] = field(default_factory=list)
+    citations: list[Citation] = field(default_factory=list)
+    all_citations: list[str] = field(default_factory=list)
+    tool_calls_seen: dict[str, ToolStatus] = field(default_factory=dict)
+    # The Responses dialect's reading state: items done by output index, custom tools'
+    # input so far by item id, the URLs cited, and the reasoning part last read.
+    done_items: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+    tool_inputs: dict[str, str] = field(default_factory=dict, repr=False)
+    cited_urls: set[str] = field(default_factory=set, repr=False)
+    reasoning_part: tuple[Any, ...] | None = field(default=None, repr=False)
 
     @property
     def content(self) -> str:
@@ -129,7 +207,11 @@ class Answer:
             self.content_parts.append(delta.content)
         if delta.reasoning:
             self.reasoning_parts.append(delta.reasoning)
-        if self.first_token_at is None:
+        # A tool's status or a citation is no token: the time to first token stays open.
+        extras_only = not (delta.content or delta.reasoning) and (
+            delta.tool is not None or bool(delta.citations)
+        )
+        if self.first_token_at is None and not extras_only:
             self.first_token_at = time.monotonic()
 
 
@@ -447,16 +529,34 @@ class Responses:
         if kind == "error" or (kind is None and "error" in obj):
             message = obj.get("message") or error_text(obj)[1] or "no reason given"
             raise UpstreamError(f"The upstream stopped with an error: {message}")
+        if not isinstance(kind, str):
+            return None
         if kind == "response.output_text.delta":
             return Delta(content=str(obj.get("delta") or ""))
         if kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            return Delta(reasoning=str(obj.get("delta") or ""))
+            return _reasoning_delta(answer, kind, obj)
+        if kind == "response.output_text.annotation.added":
+            citation = _add_citation(answer, obj.get("annotation"))
+            return Delta(citations=[citation]) if citation else None
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            return _output_item(answer, obj, done=kind.endswith(".done"))
+        if kind.startswith("response.custom_tool_call_input."):
+            return _custom_tool_input(answer, kind, obj)
+        tool_event = TOOL_EVENT.fullmatch(kind)
+        if tool_event:
+            base, state = tool_event.groups()
+            return _track_tool(answer, ToolStatus(_item_id(obj), _tool_kind(base, ""), state))
         response = obj.get("response")
         if isinstance(response, dict):
+            if kind == "response.created":  # (a retry's new response: nothing of the old)
+                answer.output_items, answer.done_items = [], {}
+                answer.tool_inputs, answer.reasoning_part = {}, None
             answer.response_id = str(response.get("id") or answer.response_id)
             answer.model = str(response.get("model") or answer.model)
             if isinstance(response.get("usage"), dict):
                 answer.usage = Usage.from_responses(response["usage"])
+            if kind in ("response.completed", "response.incomplete"):
+                _final_response(answer, response)
             if kind == "response.completed":
                 answer.finish_reason = "stop"
                 raise StreamEnd
@@ -468,6 +568,195 @@ class Responses:
                     raise UpstreamError(f"The upstream stopped with an error: {text or 'failed'}")
                 raise StreamEnd
         return None
+
+
+# A server-side tool's progress: response.web_search_call.searching, .x_search_call.completed
+# (not .function_call_arguments.*, .custom_tool_call_input.*: their word before the dot
+# does not end in _call).
+TOOL_EVENT = re.compile(r"response\.(\w+)_call\.(\w+)")
+# Once a call has ended, a late progress event does not make it look busy again.
+FINAL_TOOL_STATES = frozenset({"completed", "failed", "incomplete"})
+
+
+def _reasoning_delta(answer: Answer, kind: str, obj: dict[str, Any]) -> Delta:
+    """The reasoning text of one delta; a blank line before the first delta of each new
+    summary part (or reasoning item), so that parts do not run into one another."""
+    text = str(obj.get("delta") or "")
+    part = (
+        kind,
+        obj.get("item_id", obj.get("output_index")),
+        obj.get("summary_index", obj.get("content_index")),
+    )
+    if text and part != answer.reasoning_part:
+        if any(answer.reasoning_parts):
+            text = "\n\n" + text
+        answer.reasoning_part = part
+    return Delta(reasoning=text)
+
+
+def _add_citation(answer: Answer, annotation: Any) -> Citation | None:
+    """Keep a `url_citation` whose URL is new to the answer; return it, else None."""
+    if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+        return None
+    url = annotation.get("url")
+    if not isinstance(url, str) or not url or url in answer.cited_urls:
+        return None
+    citation: Citation = {"url": url}
+    title = annotation.get("title")
+    if isinstance(title, str) and title:
+        citation["title"] = title
+    answer.cited_urls.add(url)
+    answer.citations.append(citation)
+    return citation
+
+
+def _message_citations(answer: Answer, item: dict[str, Any]) -> list[Citation]:
+    """The new citations among a message item's annotations (their events may be missing)."""
+    found: list[Citation] = []
+    if item.get("type") != "message" or not isinstance(item.get("content"), list):
+        return found
+    for part in item["content"]:
+        annotations = part.get("annotations") if isinstance(part, dict) else None
+        for annotation in annotations if isinstance(annotations, list) else ():
+            citation = _add_citation(answer, annotation)
+            if citation:
+                found.append(citation)
+    return found
+
+
+def _output_item(answer: Answer, obj: dict[str, Any], done: bool) -> Delta | None:
+    item = obj.get("item")
+    if not isinstance(item, dict):
+        return None
+    index = obj.get("output_index")
+    if not isinstance(index, int) or isinstance(index, bool):
+        index = max(answer.done_items, default=-1) + 1
+    citations: list[Citation] = []
+    if done:
+        # Done items can arrive out of output order (parallel searches): keep the output's.
+        answer.done_items[index] = item
+        answer.output_items = [answer.done_items[i] for i in sorted(answer.done_items)]
+        citations = _message_citations(answer, item)
+    status = _item_status(item, index, done)
+    delta = _track_tool(answer, status) if status else None
+    if citations:
+        delta = delta or Delta()
+        delta.citations = citations
+    return delta
+
+
+def _item_status(item: dict[str, Any], index: int, done: bool) -> ToolStatus | None:
+    """The status an output item gives its tool call; None for what is no server-side
+    tool call (messages, reasoning, function calls, which the app's client would run)."""
+    item_type = item.get("type")
+    if not isinstance(item_type, str) or not item_type.endswith("_call"):
+        return None
+    if item_type == "function_call":
+        return None
+    name = item.get("name") if isinstance(item.get("name"), str) else ""
+    item_id = item.get("id")
+    state = "in_progress"
+    if done:
+        status = item.get("status")
+        ended = isinstance(status, str) and status and status != "in_progress"
+        state = str(status) if ended else "completed"
+    return ToolStatus(
+        id=item_id if isinstance(item_id, str) and item_id else f"output-{index}",
+        kind=_tool_kind(item_type[: -len("_call")], str(name)),
+        state=state,
+        name=str(name),
+        query=_item_query(item),
+    )
+
+
+def _tool_kind(base: str, name: str) -> str:
+    """ "web_search" for web_search_call items and events, and so on; xAI's X search
+    streams as custom tool calls named x_keyword_search, x_semantic_search, ..."""
+    if base == "custom_tool":
+        return "x_search" if name.startswith("x_") else "custom"
+    return base
+
+
+def _item_query(item: dict[str, Any]) -> str:
+    """The search query of a tool call item: OpenAI's (and newer xAI's) `action.query`,
+    else the `query` of its JSON `arguments` (older xAI) or `input` (custom tools)."""
+    action = item.get("action")
+    if isinstance(action, dict) and isinstance(action.get("query"), str) and action["query"]:
+        return str(action["query"])
+    return _json_query(item.get("arguments")) or _json_query(item.get("input"))
+
+
+def _json_query(text: Any) -> str:
+    if not isinstance(text, str) or not text:
+        return ""
+    try:
+        value = _loads(text)
+    except ValueError:
+        return ""
+    query = value.get("query") if isinstance(value, dict) else None
+    return query if isinstance(query, str) else ""
+
+
+def _item_id(obj: dict[str, Any]) -> str:
+    item_id = obj.get("item_id")
+    return item_id if isinstance(item_id, str) and item_id else f"output-{obj.get('output_index')}"
+
+
+def _custom_tool_input(answer: Answer, kind: str, obj: dict[str, Any]) -> Delta | None:
+    """A custom tool's input streams as JSON pieces: a status once it is complete (with
+    its query, if it has one), nothing for each piece."""
+    item_id = _item_id(obj)
+    if kind.endswith(".delta"):
+        if isinstance(obj.get("delta"), str):
+            answer.tool_inputs[item_id] = answer.tool_inputs.get(item_id, "") + obj["delta"]
+        return None
+    if not kind.endswith(".done"):
+        return None
+    text = answer.tool_inputs.pop(item_id, "")
+    if isinstance(obj.get("input"), str):
+        text = obj["input"]
+    return _track_tool(answer, ToolStatus(item_id, "custom", "searching", query=_json_query(text)))
+
+
+def _track_tool(answer: Answer, status: ToolStatus) -> Delta | None:
+    """Record `status` as its call's latest, completed with what was known before; a
+    Delta carrying it if anything changed, else None."""
+    previous = answer.tool_calls_seen.get(status.id)
+    if previous is not None:
+        state = status.state
+        if previous.state in FINAL_TOOL_STATES and state not in FINAL_TOOL_STATES:
+            state = previous.state
+        # The item knew the kind and name best; an event's kind is a guess from its name.
+        status = ToolStatus(
+            id=status.id,
+            kind=previous.kind,
+            state=state,
+            name=previous.name or status.name,
+            query=status.query or previous.query,
+        )
+        if status == previous:
+            return None
+    answer.tool_calls_seen[status.id] = status
+    return Delta(tool=status)
+
+
+def _final_response(answer: Answer, response: dict[str, Any]) -> None:
+    """What `response.completed` (or `.incomplete`) says of the whole answer."""
+    output = response.get("output")
+    if isinstance(output, list) and output:
+        answer.output_items = [item for item in output if isinstance(item, dict)]
+    for index, item in enumerate(answer.output_items):
+        _message_citations(answer, item)
+        status = _item_status(item, index, done=True)
+        if status is not None:
+            _track_tool(answer, status)
+    citations = response.get("citations")
+    seen = set(answer.all_citations)
+    for entry in citations if isinstance(citations, list) else ():
+        url = entry.get("url") if isinstance(entry, dict) else entry
+        if isinstance(url, str) and url and url not in seen:
+            seen.add(url)
+            answer.all_citations.append(url)
 
 
 class AnthropicMessages:
