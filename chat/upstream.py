@@ -976,7 +976,9 @@ class Upstream:
                     await self._finish_body(response, events, min(deadline, loop.time() + 1.0))
                     return
                 if delta is not None:
-                    got_token = True
+                    # A tool's status or a citation is no token: the model may think on
+                    # in silence after a search, under the first token's deadline.
+                    got_token = got_token or bool(delta.content or delta.reasoning)
                     answer.add(delta)
                     yield delta
                 # Keepalives and empty deltas still prove the upstream is alive.

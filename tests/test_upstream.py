@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from chat.upstream import Answer, ChatCompletions, Delta, Timeouts, Upstream, UpstreamError
+from chat.upstream import (
+    Answer,
+    ChatCompletions,
+    Delta,
+    Responses,
+    Timeouts,
+    Upstream,
+    UpstreamError,
+)
 from tests.fake_upstream import FakeUpstream, Reply, chunk, json_reply, sse, transcript
 
 API_KEY = "xai-test-key-0123456789abcdef"
@@ -487,6 +495,50 @@ def test_it_counts_keepalives_as_life_but_not_as_a_first_token(server: FakeUpstr
         return answer
 
     assert on_stepped_clock(main).content == "Olá!"
+
+
+def test_a_tool_status_is_not_a_first_token(server: FakeUpstream) -> None:
+    # A search starts, then the model thinks in silence: 6 s before each of the next
+    # events, never 10 s (first_token) but past the 1 s idle deadline, which a tool status
+    # taken for a first token would arm.
+    fed = asyncio.Event()
+
+    class Recording(Responses):
+        def feed(self, event: Any, answer: Answer) -> Delta | None:
+            fed.set()
+            return super().feed(event, answer)
+
+    call = {"id": "ws_1", "type": "web_search_call", "status": "in_progress"}
+    events = [
+        {"type": "response.output_item.added", "output_index": 0, "item": call},
+        {"type": "response.web_search_call.in_progress", "output_index": 0, "item_id": "ws_1"},
+        {"type": "response.output_text.delta", "output_index": 1, "delta": "xAI is"},
+        {"type": "response.completed", "response": {"id": "r", "output": []}},
+    ]
+    pieces = [sse(event, done=False) for event in events]
+    server.queue(Reply(pieces=pieces, paced=True))
+
+    async def main(loop: SteppedClock) -> Answer:
+        async with app_like_client() as client:
+            upstream = make(server, client, timeouts=Timeouts(first_token=10, idle=1))
+            upstream.dialect = Recording()
+            reader = asyncio.create_task(consume(upstream))
+            for _ in range(len(events) - 1):
+                waiting = asyncio.create_task(fed.wait())
+                await asyncio.wait([reader, waiting], return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                if reader.done():
+                    break  # it failed: its exception comes out below
+                fed.clear()
+                loop.advance(6)
+                await settle()  # a deadline past its time fires here
+                server.next_piece()
+            answer, _ = await reader
+        return answer
+
+    answer = on_stepped_clock(main)
+    assert answer.content == "xAI is"
+    assert [status.state for status in answer.tool_calls_seen.values()] == ["in_progress"]
 
 
 def test_it_does_not_count_the_consumers_own_time_as_upstream_silence(
