@@ -515,7 +515,8 @@ def test_a_tool_status_is_not_a_first_token(server: FakeUpstream) -> None:
         {"type": "response.output_text.delta", "output_index": 1, "delta": "xAI is"},
         {"type": "response.completed", "response": {"id": "r", "output": []}},
     ]
-    pieces = [sse(event, done=False) for event in events]
+    # The text and the end come together, as the last piece.
+    pieces = [sse(event, done=False) for event in events[:2]] + [sse(*events[2:], done=False)]
     server.queue(Reply(pieces=pieces, paced=True))
 
     async def main(loop: SteppedClock) -> Answer:
@@ -523,7 +524,7 @@ def test_a_tool_status_is_not_a_first_token(server: FakeUpstream) -> None:
             upstream = make(server, client, timeouts=Timeouts(first_token=10, idle=1))
             upstream.dialect = Recording()
             reader = asyncio.create_task(consume(upstream))
-            for _ in range(len(events) - 1):
+            for _ in range(len(pieces) - 1):
                 waiting = asyncio.create_task(fed.wait())
                 await asyncio.wait([reader, waiting], return_when=asyncio.FIRST_COMPLETED)
                 waiting.cancel()
