@@ -458,68 +458,22 @@ async def test_it_gives_up_when_the_first_token_is_too_slow(
     assert posts(server) == 1  # not retried
 
 
-def test_it_counts_keepalives_as_life_but_not_as_a_first_token(server: FakeUpstream) -> None:
-    # 20 keepalives (empty deltas), 6 s of upstream silence before each: 120 s in all,
-    # twelve times first_token, but never 10 s of silence. Were a keepalive taken for a
-    # first token, the 1 s idle deadline would fire.
+def silent_between_pieces(
+    server: FakeUpstream, dialect: type[ChatCompletions] | type[Responses], pieces: list[bytes]
+) -> tuple[Answer, float]:
+    """Stream `pieces` (a paced reply) with 6 s of upstream silence before each piece after
+    the first, on a stepped clock, under deadlines of 10 s for the first token and 1 s of
+    idle: the answer and the clock's time at its end."""
     fed = asyncio.Event()
 
-    class Recording(ChatCompletions):
+    class Recording(dialect):  # type: ignore[misc]  # (a class chosen at run time)
         def feed(self, event: Any, answer: Answer) -> Delta | None:
             fed.set()
             return super().feed(event, answer)
 
-    empty = sse(*[chunk() for _ in range(20)], done=False)
-    pieces = [p + b"\n\n" for p in empty.split(b"\n\n") if p]
-    pieces.append(sse(chunk("Olá!", finish="stop")))
     server.queue(Reply(pieces=pieces, paced=True))
 
-    async def main(loop: SteppedClock) -> Answer:
-        async with app_like_client() as client:
-            upstream = make(server, client, timeouts=Timeouts(first_token=10, idle=1))
-            upstream.dialect = Recording()
-            reader = asyncio.create_task(consume(upstream))
-            for _ in range(20):
-                waiting = asyncio.create_task(fed.wait())
-                await asyncio.wait([reader, waiting], return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                if reader.done():
-                    break  # it failed: its exception comes out below
-                fed.clear()
-                # The reader now waits for the next piece, its deadline armed.
-                loop.advance(6)
-                await settle()  # a deadline past its time fires here
-                server.next_piece()
-            answer, _ = await reader
-        assert loop.time() == 120
-        return answer
-
-    assert on_stepped_clock(main).content == "Olá!"
-
-
-def test_a_tool_status_is_not_a_first_token(server: FakeUpstream) -> None:
-    # A search starts, then the model thinks in silence: 6 s before each of the next
-    # events, never 10 s (first_token) but past the 1 s idle deadline, which a tool status
-    # taken for a first token would arm.
-    fed = asyncio.Event()
-
-    class Recording(Responses):
-        def feed(self, event: Any, answer: Answer) -> Delta | None:
-            fed.set()
-            return super().feed(event, answer)
-
-    call = {"id": "ws_1", "type": "web_search_call", "status": "in_progress"}
-    events = [
-        {"type": "response.output_item.added", "output_index": 0, "item": call},
-        {"type": "response.web_search_call.in_progress", "output_index": 0, "item_id": "ws_1"},
-        {"type": "response.output_text.delta", "output_index": 1, "delta": "xAI is"},
-        {"type": "response.completed", "response": {"id": "r", "output": []}},
-    ]
-    # The text and the end come together, as the last piece.
-    pieces = [sse(event, done=False) for event in events[:2]] + [sse(*events[2:], done=False)]
-    server.queue(Reply(pieces=pieces, paced=True))
-
-    async def main(loop: SteppedClock) -> Answer:
+    async def main(loop: SteppedClock) -> tuple[Answer, float]:
         async with app_like_client() as client:
             upstream = make(server, client, timeouts=Timeouts(first_token=10, idle=1))
             upstream.dialect = Recording()
@@ -531,13 +485,41 @@ def test_a_tool_status_is_not_a_first_token(server: FakeUpstream) -> None:
                 if reader.done():
                     break  # it failed: its exception comes out below
                 fed.clear()
+                # The reader now waits for the next piece, its deadline armed.
                 loop.advance(6)
                 await settle()  # a deadline past its time fires here
                 server.next_piece()
             answer, _ = await reader
-        return answer
+        return answer, loop.time()
 
-    answer = on_stepped_clock(main)
+    return on_stepped_clock(main)
+
+
+def test_it_counts_keepalives_as_life_but_not_as_a_first_token(server: FakeUpstream) -> None:
+    # 20 keepalives (empty deltas), 6 s of upstream silence before each: 120 s in all,
+    # twelve times first_token, but never 10 s of silence. Were a keepalive taken for a
+    # first token, the 1 s idle deadline would fire.
+    empty = sse(*[chunk() for _ in range(20)], done=False)
+    pieces = [p + b"\n\n" for p in empty.split(b"\n\n") if p]
+    pieces.append(sse(chunk("Olá!", finish="stop")))
+    answer, elapsed = silent_between_pieces(server, ChatCompletions, pieces)
+    assert answer.content == "Olá!" and elapsed == 120
+
+
+def test_a_tool_status_is_not_a_first_token(server: FakeUpstream) -> None:
+    # A search starts, then the model thinks in silence: 6 s before each of the next
+    # events, never 10 s (first_token) but past the 1 s idle deadline, which a tool status
+    # taken for a first token would arm.
+    call = {"id": "ws_1", "type": "web_search_call", "status": "in_progress"}
+    events = [
+        {"type": "response.output_item.added", "output_index": 0, "item": call},
+        {"type": "response.web_search_call.in_progress", "output_index": 0, "item_id": "ws_1"},
+        {"type": "response.output_text.delta", "output_index": 1, "delta": "xAI is"},
+        {"type": "response.completed", "response": {"id": "r", "output": []}},
+    ]
+    # The text and the end come together, as the last piece.
+    pieces = [sse(event, done=False) for event in events[:2]] + [sse(*events[2:], done=False)]
+    answer, _ = silent_between_pieces(server, Responses, pieces)
     assert answer.content == "xAI is"
     assert [status.state for status in answer.tool_calls_seen.values()] == ["in_progress"]
 
