@@ -153,6 +153,21 @@ def prepare_database(env: dict[str, str], *, staff: bool = False) -> None:
     manage(env, "shell", "-c", script)
 
 
+@contextmanager
+def live_app(
+    tmp: Path, upstream_base_url: str, *, staff: bool = False, setup: str = "", **extra: str
+) -> Iterator[str]:
+    """The app in Daphne on a fresh database with alice (and a staff user), talking to
+    `upstream_base_url`: its URL. `setup`: a script for `manage.py shell` to run first;
+    `extra`: more of its environment."""
+    env = app_env(tmp, upstream_base_url, **extra)
+    prepare_database(env, staff=staff)
+    if setup:
+        manage(env, "shell", "-c", setup)
+    with daphne(env, tmp / "daphne.log") as url:
+        yield url
+
+
 def session_cookie(url: str, username: str, password: str) -> str:
     """Log in through the login form; the Cookie header of that session."""
     with httpx.Client(base_url=url) as client:

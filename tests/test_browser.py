@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.browser import log_in, needs_chromium, wait_ready, wait_until
 from tests.fake_upstream import FakeUpstream, Reply, slow_stream, transcript
-from tests.live import app_env, daphne, prepare_database
+from tests.live import app_env, daphne, live_app, prepare_database
 
 pytestmark = needs_chromium
 
@@ -19,9 +19,7 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("live")
-    env = app_env(tmp, fake_upstream_server.base_url)
-    prepare_database(env, staff=True)
-    with daphne(env, tmp / "daphne.log") as url:
+    with live_app(tmp, fake_upstream_server.base_url, staff=True) as url:
         yield url
 
 

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 from chat.billing import ticks_to_usd
 from tests.browser import log_in, needs_chromium
 from tests.fake_upstream import FakeUpstream
-from tests.live import app_env, daphne, manage, prepare_database
+from tests.live import live_app
 
 pytestmark = needs_chromium
 
@@ -57,10 +57,8 @@ def tokens(name: str, within_days: int) -> int:
 @pytest.fixture(scope="module")
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("report")
-    env = app_env(tmp, fake_upstream_server.base_url)
-    prepare_database(env, staff=True)
-    manage(env, "shell", "-c", SEED_SCRIPT.format(seed=SEED))
-    with daphne(env, tmp / "daphne.log") as url:
+    setup = SEED_SCRIPT.format(seed=SEED)
+    with live_app(tmp, fake_upstream_server.base_url, staff=True, setup=setup) as url:
         yield url
 
 

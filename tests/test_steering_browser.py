@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream, Reply, chunk, sse, usage_chunk
-from tests.live import app_env, daphne, prepare_database
+from tests.live import live_app
 
 pytestmark = needs_chromium
 
@@ -18,9 +18,7 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("steering")
-    env = app_env(tmp, fake_upstream_server.base_url, CHAT_TITLES="true")
-    prepare_database(env)
-    with daphne(env, tmp / "daphne.log") as url:
+    with live_app(tmp, fake_upstream_server.base_url, CHAT_TITLES="true") as url:
         yield url
 
 

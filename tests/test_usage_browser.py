@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream, slow_stream
-from tests.live import app_env, daphne, manage, prepare_database
+from tests.live import live_app
 
 pytestmark = needs_chromium
 
@@ -17,16 +17,13 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("live-usage")
-    env = app_env(tmp, fake_upstream_server.base_url)
-    prepare_database(env)
     # carol may spend 1 token a day: her first answer starts, the next is refused.
     script = (
         "from django.contrib.auth.models import User; from chat.models import Budget;"
         "carol = User.objects.create_user('carol', password='carol-password-1');"
         "Budget.objects.create(user=carol, period='day', max_tokens=1)"
     )
-    manage(env, "shell", "-c", script)
-    with daphne(env, tmp / "daphne.log") as url:
+    with live_app(tmp, fake_upstream_server.base_url, setup=script) as url:
         yield url
 
 
