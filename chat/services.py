@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from chat import frames, prompts
+from chat import catalog, frames, prompts
 from chat.billing import Price, fit_history
 from chat.limits import limits_for, lock_user, refusal_for
 from chat.models import Conversation, Message, ModelPrice, SendKey, Usage
@@ -139,8 +139,8 @@ def start_answer(
     and read what the model will see; or raise Refused having saved nothing.
 
     `text` is a valid message and `model` a model name or None (the consumer checks the
-    frame's fields). The model is the one asked for, else the conversation's, else
-    CHAT_DEFAULT_MODEL. The message follows `parent_id` (a message of the conversation),
+    frame's fields). The model is the one asked for, else the conversation's while the
+    upstream lists it, else the default (chat.catalog.model_for). The message follows `parent_id` (a message of the conversation),
     else the last message of its active path; an edit (`edit_of`: the user's message it
     replaces) is that message's sibling. A `client_id` the user sent within SendKey.KEPT
     gives the answer that send started (ResentAnswer), saving nothing and counting against
@@ -148,6 +148,8 @@ def start_answer(
     `conversation_settings`: a new conversation's settings (chat.forms.settings_from_frame),
     unused for an existing one.
     """
+
+    listed = _listed_unless(model)
 
     def start() -> StartedAnswer | ResentAnswer:
         with transaction.atomic():
@@ -163,7 +165,7 @@ def start_answer(
                 conversation = _conversation(user, conversation_id)
                 tree = conversation.tree()
             parent = _parent_for(conversation, tree, parent_id, edit_of)
-            chosen = model or conversation.model or settings.CHAT_DEFAULT_MODEL
+            chosen = catalog.model_for(model, conversation.model, listed)
             user_message, answer = conversation.start_answer(
                 text, chosen, worker_id(), parent_id=parent
             )
@@ -191,9 +193,11 @@ def answer_again(
 ) -> StartedAnswer | ResentAnswer:
     """Another answer to the question of the answer `answer_id`, as its sibling:
     `Usage.Purpose.REGENERATE` (Regenerate, Retry; with `model` if given, else the
-    conversation's) or `Usage.Purpose.CONTINUE` (the answer's text and what the model adds
+    conversation's while listed, else the default) or `Usage.Purpose.CONTINUE` (the answer's text and what the model adds
     to it: only for an answer cut by the length limit or ended early). Checked and saved as
     start_answer() does."""
+
+    listed = _listed_unless(model)
 
     def start() -> StartedAnswer | ResentAnswer:
         with transaction.atomic():
@@ -223,7 +227,7 @@ def answer_again(
                         message_id=answer_id,
                     )
                 prefix = earlier.content
-            chosen = model or conversation.model or settings.CHAT_DEFAULT_MODEL
+            chosen = catalog.model_for(model, conversation.model, listed)
             answer = conversation.add_answer(
                 earlier.parent_id, chosen, worker_id(), purpose, prefix=prefix
             )
@@ -274,6 +278,19 @@ def _checked(
         extra = {"retry_after": refusal.retry_after} if refusal.retry_after else {}
         raise Refused(refusal.code, refusal.message, **extra)
     return None
+
+
+def _listed_unless(model: str | None) -> list[str] | None:
+    """The upstream's model list when the frame names no model, for catalog.model_for():
+    read before the transaction, as it may be fetched. None when a model is named, or when
+    the cache cannot be read (the conversation's model is kept then)."""
+    if model:
+        return None
+    try:
+        return catalog.models_listed()
+    except Exception as exc:
+        logger.warning("could not read the model list: %r", exc)
+        return None
 
 
 def _resent_on_race(

@@ -1080,27 +1080,40 @@ class Upstream:
 
 @dataclass
 class Catalog:
-    """What the upstream offers: model ids with their aliases, xAI's list prices, and each
-    model's `capabilities` object as the list gives it (read by chat.capabilities)."""
+    """What the upstream offers: model ids with their aliases (sorted alphabetically), xAI's
+    list prices, each model's `capabilities` object and `input_modalities` list as the list
+    gives them (read by chat.capabilities and chat.catalog), and the path it came from
+    (`/language-models` or `/models`; "" when none was read)."""
 
     models: list[str]
     prices: dict[str, Price]
     capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input_modalities: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
 
 
 def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
     """The models the upstream offers, with their aliases and, from xAI, their prices.
 
-    xAI's `/language-models` (key `models`, with aliases and prices) where the server has
-    it, else OpenAI's `/models` (key `data`), which every compatible server offers.
+    xAI's `/language-models` (key `models`, with aliases, prices, capabilities and input
+    modalities) where the server answers it with such a list; else OpenAI's `/models`
+    (key `data`, or `models`), which every compatible server offers. A `/language-models`
+    that is missing, or answers 200 in another shape (OpenAI's `data`, say), is passed over.
     """
     headers = {"Authorization": f"Bearer {api_key}"}
     base = base_url.rstrip("/")
     try:
         with httpx.Client(timeout=timeout, headers=headers) as client:
-            response, key = client.get(base + "/language-models"), "models"
-            if response.status_code != 200:
-                response, key = client.get(base + "/models"), "data"
+            response = client.get(base + "/language-models")
+            catalog = _catalog_from(response, ("models",), "/language-models")
+            if catalog is not None:
+                return catalog
+            logger.info(
+                "the upstream's /language-models answered %d without a list of models in "
+                "xAI's shape: reading /models",
+                response.status_code,
+            )
+            response = client.get(base + "/models")
     except httpx.HTTPError as exc:
         # Its text reaches the admin's page, the command's output and the log: never the key.
         raise UpstreamError(
@@ -1109,21 +1122,52 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
     if response.status_code != 200:
         raise describe_status(response.status_code, redact(response.text, api_key))
     try:
-        body = response.json()
+        response.json()
     except ValueError:
         raise UpstreamError("The upstream's model list is not JSON.") from None
-    items = body.get(key) if isinstance(body, dict) else None
+    return _catalog_from(response, ("data", "models"), "/models") or Catalog(
+        [], {}, source="/models"
+    )
+
+
+def _catalog_from(response: httpx.Response, keys: tuple[str, ...], source: str) -> Catalog | None:
+    """The catalog in a 200 answer's first of `keys` that lists a model; None without one."""
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    for key in keys:
+        items = body.get(key)
+        usable = [
+            item
+            for item in (items if isinstance(items, list) else ())
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"]
+        ]
+        if usable:
+            return _catalog_of(usable, source)
+    return None
+
+
+def _catalog_of(items: list[dict[str, Any]], source: str) -> Catalog:
     ids: set[str] = set()
     prices: dict[str, Price] = {}
     capabilities: dict[str, dict[str, Any]] = {}
-    for item in items if isinstance(items, list) else ():
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            continue
-        names = [item["id"], *(a for a in item.get("aliases") or () if isinstance(a, str))]
+    modalities: dict[str, list[str]] = {}
+    for item in items:
+        names, aliases = [item["id"]], item.get("aliases")
+        if isinstance(aliases, list):
+            names += [a for a in aliases if isinstance(a, str) and a]
         ids.update(names)
         price = price_from_language_model(item)
         if price is not None:
             prices.update(dict.fromkeys(names, price))
         if isinstance(item.get("capabilities"), dict):
             capabilities.update(dict.fromkeys(names, item["capabilities"]))
-    return Catalog(sorted(ids), prices, capabilities)
+        if isinstance(item.get("input_modalities"), list):
+            listed = [m for m in item["input_modalities"] if isinstance(m, str)]
+            modalities.update(dict.fromkeys(names, listed))
+    return Catalog(sorted(ids), prices, capabilities, modalities, source)

@@ -34,7 +34,7 @@ from django.views.decorators.http import require_POST
 
 from chat import titles
 from chat.capabilities import efforts_by_model
-from chat.catalog import models_offered
+from chat.catalog import default_among, is_offered, models_listed
 from chat.forms import ConversationSettingsForm, UserSettingsForm
 from chat.models import Conversation, Message, UserSettings
 from chat.prompts import conversation_settings
@@ -95,15 +95,14 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         shown = _messages_context(request, conversation)
     except BadPage:
         return _bad_before()
-    models = models_offered()
+    picker = _model_picker(conversation)
     context = {
         **shown,
         "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
-        "models": models,
-        "default_model": settings.CHAT_DEFAULT_MODEL,
+        **picker,
         "api_key_configured": bool(settings.XAI_API_KEY),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
-        **_settings_panel(conversation, models),
+        **_settings_panel(conversation, picker["models"]),
     }
     return render(request, "chat/chat.html", context)
 
@@ -115,15 +114,30 @@ def _bad_before() -> HttpResponse:
     )
 
 
+def _model_picker(conversation: Conversation | None) -> dict[str, Any]:
+    """The model picker's context: the models offered, the one preselected (the
+    conversation's while it is offered, else the default), and `gone_model`, the
+    conversation's model when the upstream's list no longer names it (shown disabled)."""
+    listed = models_listed()
+    current = conversation.model if conversation else ""
+    if current and not is_offered(current, listed):
+        offered = listed or []
+        return {"models": offered, "selected_model": default_among(listed), "gone_model": current}
+    models = listed or [settings.CHAT_DEFAULT_MODEL]
+    selected = current or default_among(listed)
+    if selected not in models:  # no list was obtained: the conversation's model, as it is
+        models = [selected, *models]
+    return {"models": models, "selected_model": selected, "gone_model": ""}
+
+
 def _settings_panel(conversation: Conversation | None, models: list[str]) -> dict[str, Any]:
     """The settings panel's context: its form, its summary, and the efforts each model
-    accepts (the panel offers effort only for a model that takes one)."""
+    offered accepts (the panel offers effort only for a model that takes one)."""
     values = conversation_settings(conversation) if conversation else None
-    offered = [*models, conversation.model] if conversation and conversation.model else models
     return {
         "settings_form": ConversationSettingsForm(initial=values),
         "settings_summary": values["summary"] if values else "Default settings",
-        "model_efforts": efforts_by_model(offered),
+        "model_efforts": efforts_by_model(models),
     }
 
 

@@ -7,8 +7,10 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from chat.catalog import CACHE_KEY as MODEL_LIST_KEY
 from chat.consumers import ChatConsumer
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.fake_upstream import FakeUpstream
@@ -29,6 +31,13 @@ def fresh_channel_layer() -> Iterator[None]:
     channel_layers.backends = {}
     yield
     channel_layers.backends = {}
+
+
+@pytest.fixture(autouse=True)
+def no_cached_model_list() -> None:
+    """Each test lists the upstream's models afresh: a list another test left in the cache
+    would decide which models are offered and which one a send without a model uses."""
+    cache.delete(MODEL_LIST_KEY)
 
 
 @pytest.fixture(autouse=True)
