@@ -2,9 +2,8 @@
 
 Three API styles are spoken: xAI's Responses API (the default for api.x.ai), OpenAI-style
 chat completions (the default for any other server) and the Anthropic-compatible messages
-API. Each turns a stream of Server-Sent Events
-into `Delta`s while filling in an `Answer` that the caller keeps, so whatever already
-arrived survives a stop, a timeout or an error.
+API. Each turns a stream of Server-Sent Events into `Delta`s while filling in an `Answer`
+that the caller keeps, so whatever already arrived survives a stop, a timeout or an error.
 """
 
 from __future__ import annotations
