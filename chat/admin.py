@@ -51,6 +51,8 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ("content",)
     list_select_related = ("conversation",)
     raw_id_fields = ("conversation",)
+    # Sent back to the model verbatim (encrypted reasoning): never edited by hand.
+    readonly_fields = ("output_items",)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -161,7 +161,7 @@ def estimate_usage(prompt_texts: list[str], content: str, reasoning: str) -> dic
 TURN_OVERHEAD_TOKENS = 4  # role and separators of each message, roughly
 
 
-def fit_history(turns: list[dict[str, str]], max_tokens: int) -> tuple[list[dict[str, str]], int]:
+def fit_history(turns: list[dict[str, Any]], max_tokens: int) -> tuple[list[dict[str, Any]], int]:
     """The newest turns whose estimated size fits `max_tokens`, and how many were dropped.
 
     The system prompt (turns of role system, sent first) and the newest turn (the user's
@@ -171,7 +171,7 @@ def fit_history(turns: list[dict[str, str]], max_tokens: int) -> tuple[list[dict
     system = [turn for turn in turns if turn["role"] == "system"]
     rest = [turn for turn in turns if turn["role"] != "system"]
     total = sum(estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS for turn in system)
-    kept: list[dict[str, str]] = []
+    kept: list[dict[str, Any]] = []
     for turn in reversed(rest):
         size = estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS
         if kept and total + size > max_tokens:

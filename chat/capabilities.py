@@ -19,9 +19,22 @@ from typing import Any
 from django.conf import settings
 
 from chat.catalog import listed_capabilities
-from chat.upstream import RequestOptions
+from chat.upstream import RequestOptions, resolve_api_style
 
 logger = logging.getLogger(__name__)
+
+
+def api_style() -> str:
+    """The API style the app speaks: XAI_API_STYLE, with "auto" resolved for XAI_BASE_URL
+    (chat.upstream.resolve_api_style). Read the style through this, nowhere else."""
+    return resolve_api_style(settings.XAI_API_STYLE, settings.XAI_BASE_URL)
+
+
+def responses_api() -> bool:
+    """Whether the app speaks the Responses API, which some features need (web and X
+    search, encrypted reasoning sent back)."""
+    return api_style() == "responses"
+
 
 # The efforts a conversation may ask for (chat.forms.ConversationSettingsForm).
 EFFORTS = ("none", "low", "medium", "high")
@@ -91,7 +104,7 @@ def allowed_options(model: str, options: RequestOptions) -> RequestOptions:
     effort = options.reasoning_effort
     if effort and effort not in model_capabilities(model).efforts:
         changes["reasoning_effort"] = None
-    highest = TEMPERATURE_MAX.get(settings.XAI_API_STYLE)
+    highest = TEMPERATURE_MAX.get(api_style())
     if highest is not None and options.temperature is not None and options.temperature > highest:
         changes["temperature"] = highest
     if not changes:

@@ -582,6 +582,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             Message.objects.filter(id__in=path, role=Message.Role.ASSISTANT)
             .exclude(state=Message.State.STREAMING)
             .select_related("usage")
+            .defer("output_items")
             .order_by("-id")[:RECENT_ANSWERS]
         )
         recent: list[Frame] = []

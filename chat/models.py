@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, cast
@@ -11,6 +12,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from chat import billing
 from chat.tree import Tree
@@ -65,6 +67,14 @@ class Conversation(models.Model):
         Conversation.objects.select_for_update().filter(pk=self.pk).exists()
         return super().delete(*args, **kwargs)
 
+    @property
+    def prompt_cache_key(self) -> str:
+        """The key xAI's prompt cache groups this conversation's requests by: the same on
+        every turn, another for every other conversation, and not guessable without
+        SECRET_KEY (an HMAC of the id, shaped as a UUID like xAI's examples)."""
+        digest = salted_hmac("chat.Conversation.prompt_cache_key", str(self.pk), algorithm="sha256")
+        return str(uuid.UUID(digest.hexdigest()[:32]))
+
     def touch(self) -> None:
         self.updated_at = timezone.now()
         self.save(update_fields=["updated_at"])
@@ -73,23 +83,31 @@ class Conversation(models.Model):
         """The shape of the conversation, in one query of three columns."""
         return Tree.of(self.messages.order_by().values_list("id", "parent_id", "selected_at"))
 
-    def history(self, path: list[int]) -> list[dict[str, str]]:
+    def history(self, path: list[int]) -> list[dict[str, Any]]:
         """The turns to send upstream along `path` (ids, first message first): each message
         with text; an answer without any (failed, or stopped before its first word) is left
-        out with the message it answered, so no later turn sends it again."""
-        rows = self.messages.filter(id__in=path).order_by().values_list("id", "role", "content")
-        messages = {message_id: (role, content) for message_id, role, content in rows}
-        turns: list[dict[str, str]] = []
+        out with the message it answered, so no later turn sends it again. An answer saved
+        with its Responses output items carries them as "items" (chat.upstream.Turn)."""
+        rows = (
+            self.messages.filter(id__in=path)
+            .order_by()
+            .values_list("id", "role", "content", "output_items")
+        )
+        messages = {row[0]: row[1:] for row in rows}
+        turns: list[dict[str, Any]] = []
         for message_id in path:
-            role, content = messages[message_id]
+            role, content, items = messages[message_id]
             if role == Message.Role.ASSISTANT and not content:
                 if turns and turns[-1]["role"] == Message.Role.USER:
                     turns.pop()
             elif content:
-                turns.append({"role": role, "content": content})
+                turn: dict[str, Any] = {"role": role, "content": content}
+                if role == Message.Role.ASSISTANT and items:
+                    turn["items"] = items
+                turns.append(turn)
         return turns
 
-    def history_to(self, message_id: int | None) -> list[dict[str, str]]:
+    def history_to(self, message_id: int | None) -> list[dict[str, Any]]:
         """The turns that lead to `message_id`, it included (None: none)."""
         return [] if message_id is None else self.history(self.tree().ancestors(message_id))
 
@@ -184,6 +202,10 @@ class Message(models.Model):
     purpose = models.CharField(max_length=20, blank=True)
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)
+    # A complete answer's Responses API output items, verbatim and in order (reasoning with
+    # its encrypted content, tool calls, the message): sent back in place of its text with
+    # each later turn of its path (chat.upstream.Responses.input). Empty for other answers.
+    output_items = models.JSONField(default=list, blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.COMPLETE)
     error = models.TextField(blank=True)
     model = models.CharField(max_length=100, blank=True)

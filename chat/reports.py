@@ -447,6 +447,8 @@ def conversation_usage(user_id: int, period: Period) -> QuerySet:
             errors=Count("id", filter=Q(outcome="error")),
             estimated=Count("id", filter=Q(source=Usage.Source.ESTIMATED)),
             unpriced=Count("id", filter=Q(cost_in_usd_ticks__isnull=True)),
+            # What its prompt cache key saved: the prompt tokens read from xAI's cache.
+            cached_prompt_tokens=Sum("cached_prompt_tokens"),
             total_tokens=Sum("total_tokens"),
             cost_in_usd_ticks=Coalesce(Sum("cost_in_usd_ticks"), 0),  # unpriced count as 0
             first=Min("created_at"),

@@ -50,7 +50,7 @@ class StartedAnswer:
     created: bool  # a new conversation: the browser gets a `conversation` frame
     user_message: Message  # the message answered (for another answer, the one it had)
     answer: Message  # empty and streaming (a continued one holds the text it continues)
-    history: list[dict[str, str]]  # what the model sees, fitted to its context window
+    history: list[dict[str, Any]]  # what the model sees, fitted to its context window
     dropped: int  # the oldest turns left out to fit
     price: Price | None  # in force now, when the request is made
     siblings: Siblings  # of the user's message and of the answer, for message.start
@@ -365,7 +365,7 @@ def _started(
     created: bool,
     user_message: Message,
     answer: Message,
-    history: list[dict[str, str]],
+    history: list[dict[str, Any]],
     tree: Tree,
 ) -> StartedAnswer:
     price = ModelPrice.price_for(answer.model)

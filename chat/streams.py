@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from chat import frames
 from chat.billing import TOKEN_FIELDS, Price
-from chat.capabilities import allowed_options
+from chat.capabilities import allowed_options, api_style
 from chat.models import Message, OpenSocket, Usage, streams_started_after
 from chat.upstream import Answer, Delta, RequestOptions, Timeouts, Upstream, UpstreamError
 
@@ -88,7 +88,7 @@ def upstream_from_settings() -> Upstream:
     return Upstream(
         base_url=settings.XAI_BASE_URL,
         api_key=settings.XAI_API_KEY,
-        style=settings.XAI_API_STYLE,
+        style=api_style(),
         timeouts=Timeouts(
             connect=settings.UPSTREAM_CONNECT_TIMEOUT,
             first_token=settings.UPSTREAM_FIRST_TOKEN_TIMEOUT,
@@ -258,7 +258,7 @@ class AnswerRun:
         conversation_id: int,
         message_id: int,
         model: str,
-        history: list[dict[str, str]],
+        history: list[dict[str, Any]],
         send: Send | None,
         origin: str | None,
         price: Price | None = None,
@@ -515,7 +515,7 @@ class AnswerRun:
         usage_fields.update(self.price.as_fields() if self.price else {})
         usage_fields.update(
             purpose=self.purpose,
-            api_style=settings.XAI_API_STYLE,
+            api_style=api_style(),
             requested_model=self.model,
             response_id=answer.response_id[:200],
             system_fingerprint=answer.system_fingerprint[:100],
@@ -529,8 +529,17 @@ class AnswerRun:
             "finish_reason": answer.finish_reason[:50],
             "ttft_ms": ttft_ms,
             "duration_ms": duration_ms,
+            "output_items": self.items_to_keep(state),
         }
         await self._save(fields, usage_fields)
+
+    def items_to_keep(self, state: str) -> list[dict[str, Any]]:
+        """The output items to send back with later turns: a complete answer's only. Those
+        of an answer cut short may lack its message (its text goes instead), and those of
+        a continued one lack the text it continued."""
+        if state != Message.State.COMPLETE or self.prefix:
+            return []
+        return self.answer.output_items
 
     async def _save(self, fields: dict[str, Any], usage: dict[str, Any]) -> None:
         """Save the answer and its ledger row, retrying while the database fails, and tell
@@ -680,7 +689,7 @@ async def stop_answers(conversation_id: int, message_ids: list[int]) -> None:
         await stop_answer(message_id, conversation_id)
 
 
-def usage_for(answer: Answer, history: list[dict[str, str]], prefix: str = "") -> dict[str, Any]:
+def usage_for(answer: Answer, history: list[dict[str, Any]], prefix: str = "") -> dict[str, Any]:
     """The ledger fields for what the upstream reported, or an estimate (docs/usage.md).
     `prefix`: the text a continued answer started with, which this request did not make."""
     usage = answer.usage

@@ -27,6 +27,7 @@ from django.db import transaction
 
 from chat import frames
 from chat.billing import Price
+from chat.capabilities import api_style
 from chat.models import Conversation, Message, ModelPrice, Usage, UsageDay, budget_status
 from chat.streams import (
     SAVE_POLICY,
@@ -38,7 +39,7 @@ from chat.streams import (
     usage_for,
     user_group,
 )
-from chat.upstream import Answer, UpstreamError
+from chat.upstream import Answer, RequestOptions, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,9 @@ class TitleRequest:
         try:
             upstream = upstream_from_settings()
             upstream.timeouts.total = min(upstream.timeouts.total, TIMEOUT_SECONDS)
-            async for _ in upstream.stream(self.answer, self.model, self.messages):
+            # No cache key: a title's prompt shares no prefix with the conversation's.
+            options = RequestOptions(store=settings.XAI_STORE)
+            async for _ in upstream.stream(self.answer, self.model, self.messages, options):
                 pass  # the text gathers in self.answer
         except asyncio.CancelledError:
             if self.task is not None:
@@ -268,7 +271,7 @@ class TitleRequest:
         usage.update(prepared.price.as_fields() if prepared.price else {})
         ttft = answer.first_token_at
         usage.update(
-            api_style=settings.XAI_API_STYLE,
+            api_style=api_style(),
             requested_model=self.model,
             model=(answer.model or self.model)[:100],
             outcome=state,

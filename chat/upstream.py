@@ -1,9 +1,9 @@
 """The upstream client: HTTP and the wire formats of xAI's APIs, nothing of Django.
 
-Three API styles are spoken: OpenAI-style chat completions (the default), xAI's Responses
-API and the Anthropic-compatible messages API. Each turns a stream of Server-Sent Events
-into `Delta`s while filling in an `Answer` that the caller keeps, so whatever already
-arrived survives a stop, a timeout or an error.
+Three API styles are spoken: xAI's Responses API (the default for api.x.ai), OpenAI-style
+chat completions (the default for any other server) and the Anthropic-compatible messages
+API. Each turns a stream of Server-Sent Events into `Delta`s while filling in an `Answer`
+that the caller keeps, so whatever already arrived survives a stop, a timeout or an error.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -29,6 +30,28 @@ from chat.billing import TOKEN_FIELDS, Price, price_from_language_model
 logger = logging.getLogger(__name__)
 
 API_STYLES = ("chat_completions", "responses", "anthropic_messages")
+# XAI_API_STYLE may also say "auto": resolve_api_style() picks one of API_STYLES.
+AUTO_STYLE = "auto"
+# Hosts that speak the Responses API for sure: xAI's API and its regional endpoints.
+XAI_API_HOST = "api.x.ai"
+
+
+def resolve_api_style(style: str, base_url: str) -> str:
+    """The API style to speak: `style` as configured, or for "auto" the Responses API when
+    `base_url` is xAI's own (api.x.ai, or a regional *.api.x.ai) and chat completions for
+    any other server (llama.cpp, vLLM, Ollama: OpenAI-compatible, often without /responses).
+    """
+    if style != AUTO_STYLE:
+        return style
+    host = (urlsplit(base_url.strip()).hostname or "").rstrip(".")
+    if host == XAI_API_HOST or host.endswith("." + XAI_API_HOST):
+        return "responses"
+    return "chat_completions"
+
+
+# One turn of the history sent upstream: "role" and "content", and for an earlier answer
+# of the Responses API its output items as "items" (see Responses.body; others ignore it).
+Turn = dict[str, Any]
 
 
 @dataclass
@@ -224,9 +247,20 @@ class RequestOptions:
     top_p: float | None = None
     max_output_tokens: int | None = None
     reasoning_effort: str | None = None
+    # Responses API: whether xAI keeps the response (30 days); off, the encrypted
+    # reasoning the app keeps itself is all there is of the model's thinking.
+    store: bool = False
+    # A conversation's prompt cache key: Responses `prompt_cache_key`, Chat Completions
+    # header `x-grok-conv-id`; the same on every turn routes them to the same cache.
+    cache_key: str | None = None
 
 
 NO_OPTIONS = RequestOptions()
+
+
+def _plain_turns(messages: list[Turn]) -> list[Turn]:
+    """The turns without what only the Responses API reads (an answer's output items)."""
+    return [{k: v for k, v in m.items() if k != "items"} if "items" in m else m for m in messages]
 
 
 def _sampling(options: RequestOptions) -> dict[str, Any]:
@@ -425,11 +459,11 @@ class ChatCompletions:
     path = "/chat/completions"
 
     def body(
-        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+        self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": messages,
+            "messages": _plain_turns(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
             **_sampling(options),
@@ -502,24 +536,44 @@ class Responses:
     path = "/responses"
 
     def body(
-        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+        self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         # The system prompt is the request's `instructions`, not a turn of `input`.
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": model,
-            "input": [m for m in messages if m["role"] != "system"],
+            "input": self.input(messages),
             "stream": True,
-            "store": False,
+            "store": options.store,
+            # The app keeps the history and sends it whole (no previous_response_id): the
+            # reasoning items must carry their encrypted content to be sent back.
+            "include": ["reasoning.encrypted_content"],
             **_sampling(options),
         }
         if system:
             body["instructions"] = system
+        if options.cache_key:
+            body["prompt_cache_key"] = options.cache_key
         if options.max_output_tokens is not None:
             body["max_output_tokens"] = options.max_output_tokens
         if options.reasoning_effort:
             body["reasoning"] = {"effort": options.reasoning_effort}
         return body
+
+    @staticmethod
+    def input(messages: list[Turn]) -> list[Turn]:
+        """The `input`: each turn as a message, except an earlier answer that has output
+        items, whose items (reasoning with its encrypted content, tool calls, the message)
+        go instead, verbatim and in order, as xAI asks of a client that keeps the history."""
+        items: list[Turn] = []
+        for turn in messages:
+            if turn["role"] == "system":
+                continue
+            if turn["role"] == "assistant" and turn.get("items"):
+                items.extend(turn["items"])
+            else:
+                items.append({"role": turn["role"], "content": turn["content"]})
+        return items
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
         obj = _object(event)
@@ -767,12 +821,12 @@ class AnthropicMessages:
     DEFAULT_MAX_TOKENS = 8192
 
     def body(
-        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+        self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": model,
-            "messages": [m for m in messages if m["role"] != "system"],
+            "messages": [m for m in _plain_turns(messages) if m["role"] != "system"],
             "max_tokens": options.max_output_tokens or self.DEFAULT_MAX_TOKENS,
             "stream": True,
             **_sampling(options),
@@ -886,7 +940,7 @@ class Upstream:
     def client(self) -> httpx.AsyncClient:
         return self._client or shared_client(self.timeouts.connect)
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, options: RequestOptions = NO_OPTIONS) -> dict[str, str]:
         headers = {
             "Accept": "text/event-stream",
             "Accept-Encoding": "identity",
@@ -897,6 +951,9 @@ class Upstream:
             headers["anthropic-version"] = "2023-06-01"
         else:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.dialect.name == "chat_completions" and options.cache_key:
+            # xAI routes requests with the same id to the same server, where its cache is.
+            headers["x-grok-conv-id"] = options.cache_key
         return headers
 
     def redact(self, text: str) -> str:
@@ -906,7 +963,7 @@ class Upstream:
         self,
         answer: Answer,
         model: str,
-        messages: list[dict[str, str]],
+        messages: list[Turn],
         options: RequestOptions | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Stream one answer, retrying only while nothing has been relayed yet. `options`
@@ -942,7 +999,7 @@ class Upstream:
         self,
         answer: Answer,
         model: str,
-        messages: list[dict[str, str]],
+        messages: list[Turn],
         options: RequestOptions,
         deadline: float,
     ) -> AsyncGenerator[Delta, None]:
@@ -959,7 +1016,9 @@ class Upstream:
         until = min(deadline, loop.time() + self.timeouts.first_token)
         try:
             async with asyncio.timeout_at(until):
-                request = self.client.build_request("POST", url, json=body, headers=self.headers())
+                request = self.client.build_request(
+                    "POST", url, json=body, headers=self.headers(options)
+                )
                 response = await self.client.send(request, stream=True)
                 await self._check_response(response)
             answer.accepted = True

@@ -33,7 +33,7 @@ from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_POST
 
 from chat import titles
-from chat.capabilities import efforts_by_model
+from chat.capabilities import api_style, efforts_by_model
 from chat.catalog import default_among, is_offered, models_listed
 from chat.forms import ConversationSettingsForm, UserSettingsForm
 from chat.models import Conversation, Message, UserSettings
@@ -75,7 +75,12 @@ def _messages_context(request: HttpRequest, conversation: Conversation | None) -
         position = path.index(before_id) if before_id in path else len(path)
         path, later = path[:position], True
     shown = path[-MESSAGES_PER_PAGE:]
-    rows = conversation.messages.filter(id__in=shown).select_related("usage").order_by()
+    rows = (
+        conversation.messages.filter(id__in=shown)
+        .select_related("usage")
+        .defer("output_items")  # what the model gets back, never the page
+        .order_by()
+    )
     by_id = {message.id: message for message in rows}
     messages = [by_id[message_id] for message_id in shown]
     for message in messages:
@@ -96,11 +101,15 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
     except BadPage:
         return _bad_before()
     picker = _model_picker(conversation)
+    style = api_style()
     context = {
         **shown,
         "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
         **picker,
         "api_key_configured": bool(settings.XAI_API_KEY),
+        # Web and X search and the encrypted reasoning sent back need the Responses API.
+        "api_style": style,
+        "responses_api": style == "responses",
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         **_settings_panel(conversation, picker["models"]),
     }

@@ -363,9 +363,14 @@ SESSION_COOKIE_HTTPONLY = True
 # The upstream (xAI or any OpenAI-compatible server)
 XAI_API_KEY = envsecret("XAI_API_KEY")
 XAI_BASE_URL = os.getenv("XAI_BASE_URL", "https://api.x.ai/v1").rstrip("/")
+# "auto": the Responses API for api.x.ai, chat completions for any other server; read it
+# through chat.capabilities.api_style(), which resolves it.
 XAI_API_STYLE = envchoice(
-    "XAI_API_STYLE", "chat_completions", ("chat_completions", "responses", "anthropic_messages")
+    "XAI_API_STYLE", "auto", ("auto", "chat_completions", "responses", "anthropic_messages")
 )
+# Responses API `store`: whether xAI keeps each response (30 days). Off, the app sends
+# every answer's encrypted reasoning back itself (it keeps the history either way).
+XAI_STORE = envbool("XAI_STORE", "false")
 CHAT_DEFAULT_MODEL = os.getenv("CHAT_DEFAULT_MODEL", "grok-4")
 CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 32000)
 # The history sent upstream is cut, oldest turns first, to fit the model's context window

@@ -522,6 +522,7 @@ def test_the_drill_down_lists_the_users_conversations_with_their_sums(client, st
             spend(
                 alice,
                 prompt=prompt,
+                cached=prompt // 4,
                 completion=completion,
                 reasoning=reasoning,
                 cost_ticks=cost,
@@ -543,9 +544,11 @@ def test_the_drill_down_lists_the_users_conversations_with_their_sums(client, st
         assert cells[0] == conversation.title
         assert int(cells[2]) == len(spent[conversation.id])
         assert int(cells[5]) == sum(cost is None for *_, cost in spent[conversation.id])
-        assert int(cells[6]) == sum(p + c + r for p, c, r, _ in spent[conversation.id])
+        # The prompt tokens its cache key got from xAI's cache, then all its tokens.
+        assert int(cells[6]) == sum(p // 4 for p, *_ in spent[conversation.id])
+        assert int(cells[7]) == sum(p + c + r for p, c, r, _ in spent[conversation.id])
         ticks = sum(cost or 0 for *_, cost in spent[conversation.id])
-        assert cells[7] == reports.usd(ticks)
+        assert cells[8] == reports.usd(ticks)
     assert "Bob&#x27;s secret" not in html and "Bob's secret" not in html
     # Links to the conversation, its messages and the ledger rows, which the admin serves.
     assert f'href="/admin/chat/conversation/{trip.id}/change/"' in html
@@ -613,7 +616,7 @@ def test_the_drill_down_of_a_deleted_conversation_keeps_its_usage(client, staff,
     client.force_login(staff)
     html = page_html(client, f"/admin/usage/user/{alice.id}/")
     [(attrs, cells)] = table(html, "user-conversations")
-    assert cells[0] == "(deleted conversation)" and cells[6] == "30"
+    assert cells[0] == "(deleted conversation)" and cells[7] == "30"
 
 
 # ------------------------------------------------------------------ budgets on the report
