@@ -161,25 +161,15 @@ class BudgetAdmin(admin.ModelAdmin):
     raw_id_fields = ("user",)
 
 
-def counter_column(counter: TokenCounter) -> Callable[[UsageDay], int]:
-    """A sortable changelist column for one token counter, headed by its label."""
+def counter_column(counter: TokenCounter | ToolCounter) -> Callable[[UsageDay], int]:
+    """A sortable changelist column for one token or tool call counter, headed by its
+    label."""
 
     @admin.display(description=counter.label, ordering=counter.field)
     def column(obj: UsageDay) -> int:
         return getattr(obj, counter.field)
 
     column.__name__ = counter.field  # the cells' class: field-<name>
-    return column
-
-
-def tool_column(counter: ToolCounter) -> Callable[[UsageDay], int]:
-    """A sortable changelist column for the tool calls of one kind (or all)."""
-
-    @admin.display(description=counter.label, ordering=counter.field)
-    def column(obj: UsageDay) -> int:
-        return getattr(obj, counter.field)
-
-    column.__name__ = counter.field
     return column
 
 
@@ -234,7 +224,7 @@ class UsageDayAdmin(ReadOnlyAdmin):
         "cost",
         "title_requests",
         "title_cost",
-        *(tool_column(counter) for counter in (TOOL_CALLS, *TOOL_COUNTERS)),
+        *(counter_column(counter) for counter in (TOOL_CALLS, *TOOL_COUNTERS)),
     )
     list_display_links = None
     list_filter = (RecentFilter, "user", "model")
