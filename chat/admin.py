@@ -9,16 +9,18 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from chat import reports
-from chat.billing import TOKEN_COUNTERS, TokenCounter
+from chat.billing import TOKEN_COUNTERS, TOOL_CALLS, TOOL_COUNTERS, TokenCounter, ToolCounter
 from chat.catalog import failure_text, sync_prices
 from chat.models import (
     TITLE_SUMS,
+    TOOL_SUMS,
     USAGE_SUMS,
     Budget,
     Conversation,
     Message,
     ModelPrice,
     SiteSettings,
+    ToolPrice,
     Usage,
     UsageDay,
     UserSettings,
@@ -84,6 +86,7 @@ class UsageAdmin(ReadOnlyAdmin):
         "completion_tokens",
         "reasoning_tokens",
         "total_tokens",
+        "num_server_side_tools_used",
         "cost_usd",
         "cost_source",
     )
@@ -131,6 +134,20 @@ class ModelPriceAdmin(admin.ModelAdmin):
         self.message_user(request, f"{changed} prices updated from xAI.", messages.SUCCESS)
 
 
+@admin.register(ToolPrice)
+class ToolPriceAdmin(admin.ModelAdmin):
+    """The price of server-side tool calls, for costs the upstream does not report."""
+
+    list_display = ("tool", "usd_per_thousand_calls", "updated_at")
+    search_fields = ("tool",)
+    readonly_fields = ("updated_at",)
+
+    def save_model(self, request: HttpRequest, obj: ToolPrice, form, change: bool) -> None:
+        # New requests get the new price; old ledger rows keep the one they were made at.
+        obj.updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
+
+
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     list_display = (
@@ -146,8 +163,9 @@ class BudgetAdmin(admin.ModelAdmin):
     raw_id_fields = ("user",)
 
 
-def counter_column(counter: TokenCounter) -> Callable[[UsageDay], int]:
-    """A sortable changelist column for one token counter, headed by its label."""
+def counter_column(counter: TokenCounter | ToolCounter) -> Callable[[UsageDay], int]:
+    """A sortable changelist column for one token or tool call counter, headed by its
+    label."""
 
     @admin.display(description=counter.label, ordering=counter.field)
     def column(obj: UsageDay) -> int:
@@ -190,6 +208,10 @@ class RecentFilter(admin.SimpleListFilter):
         return queryset if self.since is None else queryset.filter(day__gte=self.since)
 
 
+# The report's CSV writes money in US dollars, and says so in those columns' names.
+CSV_MONEY = {"cost_in_usd_ticks": "cost_usd", "title_cost_in_usd_ticks": "title_cost_usd"}
+
+
 @admin.register(UsageDay)
 class UsageDayAdmin(ReadOnlyAdmin):
     """The usage report (/admin/usage/): the daily totals per user, model and day, filtered,
@@ -197,13 +219,14 @@ class UsageDayAdmin(ReadOnlyAdmin):
     rows and the budget watch around it (templates/admin/chat/usageday/change_list.html)."""
 
     # USAGE_SUMS: the counts, the token counters and the cost, in the report's order; then
-    # how many of the requests were title requests, and their cost.
+    # how many of the requests were title requests, and their cost; then the tool calls.
     list_display: tuple[Any, ...] = (
         *("date", "username", "model", *USAGE_SUMS[:4]),
         *(counter_column(counter) for counter in TOKEN_COUNTERS),
         "cost",
         "title_requests",
         "title_cost",
+        *(counter_column(counter) for counter in (TOOL_CALLS, *TOOL_COUNTERS)),
     )
     list_display_links = None
     list_filter = (RecentFilter, "user", "model")
@@ -215,8 +238,18 @@ class UsageDayAdmin(ReadOnlyAdmin):
     actions = None
     # The CSV's columns, those of list_display, read as plain values: 18,000 rows export in
     # a fraction of the time the changelist's per-cell display lookups would take.
-    csv_fields = ("day", "user__username", "model", *USAGE_SUMS, *TITLE_SUMS)
-    csv_header = (*csv_fields[:-3], "cost_usd", "title_requests", "title_cost_usd")
+    # (The unpriced tool calls, TOOL_SUMS' last, are said under the totals, not in columns.)
+    csv_fields = ("day", "user__username", "model", *USAGE_SUMS, *TITLE_SUMS, *TOOL_SUMS[:-1])
+    csv_header = tuple(CSV_MONEY.get(name, name) for name in csv_fields)
+
+    def csv_cells(self) -> list[Callable[[Any], Any]]:
+        """How each CSV column's value is written: the day as ISO, money in USD."""
+        special: dict[str, Callable[[Any], Any]] = {
+            "day": dt.date.isoformat,
+            "user__username": lambda name: name or reports.DELETED_USER,
+            **{name: reports.usd for name in CSV_MONEY},
+        }
+        return [special.get(name, lambda value: value) for name in self.csv_fields]
 
     @admin.display(description="Day", ordering="day")
     def date(self, obj: UsageDay) -> str:
@@ -271,14 +304,10 @@ class UsageDayAdmin(ReadOnlyAdmin):
         period = self.period(request, changelist)
         if export:
             name = f"usage-{period.start}-to-{period.end}.csv" if period else "usage.csv"
+            cells = self.csv_cells()
             rows = (
-                [
-                    *(day.isoformat(), user or reports.DELETED_USER, *values),
-                    *(reports.usd(cost), titles, reports.usd(title_cost)),
-                ]
-                for day, user, *values, cost, titles, title_cost in days.values_list(
-                    *self.csv_fields
-                ).iterator(2000)
+                [cell(value) for cell, value in zip(cells, row, strict=True)]
+                for row in days.values_list(*self.csv_fields).iterator(2000)
             )
             return reports.csv_response(name, self.csv_header, rows)
         query = request.GET.copy()

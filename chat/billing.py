@@ -8,7 +8,8 @@ USD per million tokens is a whole number of ticks per token and every cost is an
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeGuard
 
@@ -30,6 +31,26 @@ TOKEN_COUNTERS = (
 )
 TOKEN_FIELDS = tuple(counter.field for counter in TOKEN_COUNTERS)
 
+
+# The server-side tool calls counted apart (xAI's `server_side_tool_usage_details` keys), in
+# the daily totals, the frames' usage, the reports, the CSV and the meta line; TOOL_CALLS
+# counts every call, these and any other kind.
+@dataclass(frozen=True)
+class ToolCounter:
+    field: str  # the key in the usage report, and the name on UsageDay, the frame, the CSV
+    label: str  # the column header
+    one: str  # the meta line's words: "1 web search", "2 web searches"
+    many: str
+
+
+TOOL_CALLS = ToolCounter("tool_calls", "Tool calls", "tool call", "tool calls")
+TOOL_COUNTERS = (
+    ToolCounter("web_search_calls", "Web searches", "web search", "web searches"),
+    ToolCounter("x_search_calls", "X searches", "X search", "X searches"),
+)
+TOOL_FIELDS = tuple(counter.field for counter in TOOL_COUNTERS)
+CALLS_SUFFIX = "_calls"  # "web_search_calls" counts calls of the tool "web_search"
+
 TICKS_PER_USD = 10**10
 # USD per million tokens -> ticks per token.
 TICKS_PER_TOKEN_PER_USD_PER_MILLION = TICKS_PER_USD // 10**6
@@ -43,6 +64,8 @@ class Price:
     cached_prompt: int
     completion: int
     reasoning: int | None = None  # None: reasoning is billed as completion (xAI's rule)
+    # Ticks per call of each server-side tool that has a price ("web_search": 50_000_000).
+    tools: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_usd_per_million(
@@ -61,12 +84,13 @@ class Price:
             reasoning=None if reasoning is None else usd_per_million_to_ticks(reasoning),
         )
 
-    def as_fields(self) -> dict[str, int | None]:
+    def as_fields(self) -> dict[str, int | None | dict[str, int]]:
         return {
             "price_prompt": self.prompt,
             "price_cached_prompt": self.cached_prompt,
             "price_completion": self.completion,
             "price_reasoning": self.reasoning,
+            "price_tool_calls": dict(self.tools),
         }
 
 
@@ -74,6 +98,14 @@ def usd_per_million_to_ticks(value: Decimal) -> int:
     ticks = Decimal(value) * TICKS_PER_TOKEN_PER_USD_PER_MILLION
     if ticks != ticks.to_integral_value():
         raise ValueError(f"{value} USD per million tokens is not a whole number of ticks")
+    return int(ticks)
+
+
+def usd_per_thousand_calls_to_ticks(value: Decimal) -> int:
+    """USD per 1,000 calls -> ticks per call: $5 per 1,000 is 50,000,000 ticks a call."""
+    ticks = Decimal(value) * TICKS_PER_USD / 1000
+    if ticks != ticks.to_integral_value():
+        raise ValueError(f"{value} USD per 1,000 calls is not a whole number of ticks a call")
     return int(ticks)
 
 
@@ -114,6 +146,42 @@ def cost_ticks(
         + completion_tokens * price.completion
         + reasoning_tokens * reasoning_price
     )
+
+
+def tool_call_count(reported: int, details: Mapping[str, int]) -> int:
+    """The request's server-side tool calls: as reported, or the calls its details list
+    where they add up to more (a report without the total)."""
+    return max(reported, sum(calls_by_tool(details).values()))
+
+
+def calls_by_tool(details: Mapping[str, int]) -> dict[str, int]:
+    """{"web_search_calls": 2, "x_posts_fetched": 9} -> {"web_search": 2}: only counts of
+    calls, by the tool's name."""
+    return {
+        key.removesuffix(CALLS_SUFFIX): count
+        for key, count in details.items()
+        if key.endswith(CALLS_SUFFIX) and len(key) > len(CALLS_SUFFIX) and count > 0
+    }
+
+
+@dataclass(frozen=True)
+class ToolCost:
+    ticks: int  # what the priced calls cost
+    prices: dict[str, int]  # ticks per call of each tool used that has a price
+    unpriced: int  # calls left out: their tool has no price, or the report names no tool
+
+
+def tool_calls_cost(prices: Mapping[str, int], calls: int, details: Mapping[str, int]) -> ToolCost:
+    """What a request's server-side tool calls cost at `prices` (ticks per call by tool).
+
+    `calls` is the request's count of them and `details` its calls by kind, as reported;
+    calls that no kind accounts for cannot be priced.
+    """
+    by_tool = calls_by_tool(details)
+    used = {tool: prices[tool] for tool in by_tool if tool in prices}
+    ticks = sum(count * used[tool] for tool, count in by_tool.items() if tool in used)
+    priced = sum(count for tool, count in by_tool.items() if tool in used)
+    return ToolCost(ticks, used, max(calls, sum(by_tool.values())) - priced)
 
 
 def price_from_language_model(item: dict[str, Any]) -> Price | None:

@@ -148,9 +148,11 @@ def message_end(message: Message, usage: Usage | None) -> Frame:
 
 
 def usage_of(usage: Usage) -> Frame:
-    """`message.end`'s `usage` (protocol.md; the counters are chat.billing.TOKEN_FIELDS)."""
+    """`message.end`'s `usage` (protocol.md; the counters are chat.billing.TOKEN_FIELDS,
+    then the tool calls: TOOL_CALLS and TOOL_COUNTERS)."""
     return {
         **{field: getattr(usage, field) for field in TOKEN_FIELDS},
+        **usage.tool_counters(),
         "source": usage.source,
         "cost_usd": usage.cost_usd_text or None,
         "cost_source": usage.cost_source,

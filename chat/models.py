@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
@@ -8,9 +9,11 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import Count, F, Q, Sum, Value
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -397,12 +400,13 @@ class ModelPrice(models.Model):
 
     @classmethod
     def price_for(cls, *models: str) -> billing.Price | None:
-        """The price in force now for the first of `models` that has one."""
+        """The price in force now for the first of `models` that has one, with the price
+        of each server-side tool call (ToolPrice)."""
         names = [name for name in models if name]
         rows = {row.model: row for row in cls.objects.filter(model__in=names)}
         for name in names:
             if name in rows:
-                return rows[name].as_price()
+                return dataclasses.replace(rows[name].as_price(), tools=ToolPrice.in_force())
         return None
 
     @classmethod
@@ -433,6 +437,42 @@ class ModelPrice(models.Model):
         return changed
 
 
+class ToolPrice(models.Model):
+    """What a server-side tool call costs (web search, X search...), as an admin set it.
+
+    Used only where the upstream reports no cost: xAI's `cost_in_usd_ticks` already
+    includes its tool fees. Each ledger row keeps the price of the tools it used as it
+    was at request time.
+    """
+
+    tool = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[RegexValidator(r"^[a-z0-9_]+$", "Lower-case letters, digits and _ only.")],
+        help_text="the tool as the usage report names its calls, without _calls: "
+        "web_search, x_search, code_interpreter, file_search, mcp, document_search",
+    )
+    usd_per_thousand_calls = models.DecimalField(
+        max_digits=12, decimal_places=4, help_text="USD per 1,000 calls (xAI: $5 for web_search)"
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["tool"]
+
+    def __str__(self) -> str:
+        return self.tool
+
+    @property
+    def ticks_per_call(self) -> int:
+        return billing.usd_per_thousand_calls_to_ticks(self.usd_per_thousand_calls)
+
+    @classmethod
+    def in_force(cls) -> dict[str, int]:
+        """Ticks per call of every tool that has a price now."""
+        return {row.tool: row.ticks_per_call for row in cls.objects.all()}
+
+
 class Usage(models.Model):
     """One row per upstream request, whatever its end: the ledger.
 
@@ -455,7 +495,8 @@ class Usage(models.Model):
 
     class CostSource(models.TextChoices):
         REPORTED = "reported", "reported by the upstream"
-        COMPUTED = "computed", "tokens at the stored price"
+        COMPUTED = "computed", "tokens and tool calls at the stored prices"
+        PARTIAL = "partial", "tokens and priced tool calls: some tool calls had no price"
         UNPRICED = "unpriced", "no price known for this model"
 
     # A ledger row outlives what it describes: deleting a user, a conversation or a message
@@ -485,11 +526,26 @@ class Usage(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
+    # Server-side tool calls (web and X search...), as the upstream reported them. (Database
+    # defaults too: rows written by raw SQL, like the benchmark's, used none.)
+    num_server_side_tools_used = models.PositiveIntegerField(default=0, db_default=0)
+    server_side_tool_usage_details = models.JSONField(
+        default=dict, db_default={}, blank=True, help_text='calls by kind: {"web_search_calls": 2}'
+    )
     # Prices in ticks per token (10^10 ticks = 1 USD), as in force at request time.
     price_prompt = models.BigIntegerField(null=True, blank=True)
     price_cached_prompt = models.BigIntegerField(null=True, blank=True)
     price_completion = models.BigIntegerField(null=True, blank=True)
     price_reasoning = models.BigIntegerField(null=True, blank=True)
+    price_tool_calls = models.JSONField(
+        default=dict,
+        db_default={},
+        blank=True,
+        help_text='ticks per call of each tool used that had a price: {"web_search": 50000000}',
+    )
+    unpriced_tool_calls = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="tool calls the computed cost leaves out: no price"
+    )
     reported_cost_ticks = models.BigIntegerField(
         null=True, blank=True, help_text="xAI's cost_in_usd_ticks, as reported"
     )
@@ -543,6 +599,14 @@ class Usage(models.Model):
     def counters(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in billing.TOKEN_FIELDS}
 
+    def tool_counters(self) -> dict[str, int]:
+        """Its tool calls: all of them, then the kinds counted apart (TOOL_COUNTERS)."""
+        details = self.server_side_tool_usage_details or {}
+        return {
+            billing.TOOL_CALLS.field: self.num_server_side_tools_used,
+            **{name: details.get(name, 0) for name in billing.TOOL_FIELDS},
+        }
+
     def price(self) -> billing.Price | None:
         prompt, cached, completion = (
             self.price_prompt,
@@ -551,7 +615,8 @@ class Usage(models.Model):
         )
         if prompt is None or cached is None or completion is None:
             return None
-        return billing.Price(prompt, cached, completion, self.price_reasoning)
+        tools = self.price_tool_calls or {}
+        return billing.Price(prompt, cached, completion, self.price_reasoning, tools)
 
     def price_and_cost(self) -> None:
         """Fill in the price (unless already fixed at request time) and the cost."""
@@ -561,21 +626,34 @@ class Usage(models.Model):
             if price is not None:
                 for name, value in price.as_fields().items():
                     setattr(self, name, value)
+        tools = billing.tool_calls_cost(
+            price.tools if price is not None else {},
+            self.num_server_side_tools_used,
+            self.server_side_tool_usage_details or {},
+        )
+        # The row keeps the prices of the tools it used, as they were at request time.
+        self.price_tool_calls = tools.prices
+        self.unpriced_tool_calls = tools.unpriced
         if price is not None:
             # Each kind of token has its own price: the formula names them one by one.
-            self.computed_cost_ticks = billing.cost_ticks(
-                price,
-                prompt_tokens=self.prompt_tokens,
-                cached_prompt_tokens=self.cached_prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                reasoning_tokens=self.reasoning_tokens,
+            self.computed_cost_ticks = (
+                billing.cost_ticks(
+                    price,
+                    prompt_tokens=self.prompt_tokens,
+                    cached_prompt_tokens=self.cached_prompt_tokens,
+                    completion_tokens=self.completion_tokens,
+                    reasoning_tokens=self.reasoning_tokens,
+                )
+                + tools.ticks
             )
         if self.reported_cost_ticks is not None:
             self.cost_in_usd_ticks = self.reported_cost_ticks
             self.cost_source = self.CostSource.REPORTED
         elif self.computed_cost_ticks is not None:
             self.cost_in_usd_ticks = self.computed_cost_ticks
-            self.cost_source = self.CostSource.COMPUTED
+            self.cost_source = (
+                self.CostSource.PARTIAL if tools.unpriced else self.CostSource.COMPUTED
+            )
         else:
             self.cost_in_usd_ticks = None
             self.cost_source = self.CostSource.UNPRICED
@@ -591,6 +669,10 @@ USAGE_SUMS = (
 )
 # Of those requests, the title requests (purpose "title") and what they cost.
 TITLE_SUMS = ("title_requests", "title_cost_in_usd_ticks")
+# The server-side tool calls: all, the kinds counted apart, and those a computed cost
+# left out (no price: cost_source "partial").
+TOOL_SUMS = (billing.TOOL_CALLS.field, *billing.TOOL_FIELDS, "unpriced_tool_calls")
+ALL_SUMS = (*USAGE_SUMS, *TITLE_SUMS, *TOOL_SUMS)
 
 
 class UsageDayQuerySet(models.QuerySet):
@@ -599,13 +681,11 @@ class UsageDayQuerySet(models.QuerySet):
 
     def sums(self) -> dict[str, int]:
         """Every counter summed (zeros, never None, where there are no rows)."""
-        keys = (*USAGE_SUMS, *TITLE_SUMS)
-        totals = self.aggregate(**{key: Sum(key) for key in keys})
-        return {key: totals[key] or 0 for key in keys}
+        totals = self.aggregate(**{key: Sum(key) for key in ALL_SUMS})
+        return {key: totals[key] or 0 for key in ALL_SUMS}
 
     def grouped(self, *fields: str):
-        keys = (*USAGE_SUMS, *TITLE_SUMS)
-        return self.values(*fields).annotate(**{key: Sum(key) for key in keys})
+        return self.values(*fields).annotate(**{key: Sum(key) for key in ALL_SUMS})
 
 
 class UsageDay(models.Model):
@@ -637,6 +717,16 @@ class UsageDay(models.Model):
     title_cost_in_usd_ticks = models.BigIntegerField(
         default=0, help_text="what the title requests cost, counted in the cost too"
     )
+    tool_calls = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="server-side tool calls of every kind"
+    )
+    web_search_calls = models.PositiveIntegerField(default=0, db_default=0)
+    x_search_calls = models.PositiveIntegerField(default=0, db_default=0)
+    unpriced_tool_calls = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        help_text="tool calls without a price in computed costs (cost source partial)",
+    )
 
     objects = UsageDayQuerySet.as_manager()
 
@@ -658,6 +748,10 @@ class UsageDay(models.Model):
             "cost_in_usd_ticks": row.cost_in_usd_ticks or 0,
             "title_requests": int(title),
             "title_cost_in_usd_ticks": (row.cost_in_usd_ticks or 0) if title else 0,
+            **row.tool_counters(),
+            "unpriced_tool_calls": (
+                row.unpriced_tool_calls if row.cost_source == Usage.CostSource.PARTIAL else 0
+            ),
         }
 
     @classmethod
@@ -701,6 +795,20 @@ class UsageDay(models.Model):
                 cost_sum=Sum("cost_in_usd_ticks"),
                 title_count=Count("id", filter=Q(purpose=Usage.Purpose.TITLE)),
                 title_cost=Sum("cost_in_usd_ticks", filter=Q(purpose=Usage.Purpose.TITLE)),
+                tools_sum=Sum("num_server_side_tools_used"),
+                # The kinds counted apart, read out of each row's JSON details.
+                **{
+                    f"sum_{name}": Sum(
+                        Cast(
+                            KeyTextTransform(name, "server_side_tool_usage_details"),
+                            models.BigIntegerField(),
+                        )
+                    )
+                    for name in billing.TOOL_FIELDS
+                },
+                unpriced_tools=Sum(
+                    "unpriced_tool_calls", filter=Q(cost_source=Usage.CostSource.PARTIAL)
+                ),
             )
             .order_by()
         )
@@ -717,6 +825,10 @@ class UsageDay(models.Model):
             item.cost_in_usd_ticks += g["cost_sum"] or 0
             item.title_requests += g["title_count"]
             item.title_cost_in_usd_ticks += g["title_cost"] or 0
+            item.tool_calls += g["tools_sum"] or 0
+            for name in billing.TOOL_FIELDS:
+                setattr(item, name, getattr(item, name) + (g[f"sum_{name}"] or 0))
+            item.unpriced_tool_calls += g["unpriced_tools"] or 0
         cls.objects.bulk_create(days.values(), batch_size=1000)
         return len(days)
 

@@ -50,13 +50,15 @@ MAX_DAILY_BARS = 366  # longer periods are charted per month
 RENEWS_FORMAT = "j F Y, H:i"  # '1 December 2026, 00:00'
 CONVERSATIONS_PAGE_SIZE = 100
 
-# The columns after a table's first (user, model or day): counts, the tokens, the cost.
+# The columns after a table's first (user, model or day): counts, the tokens, the cost,
+# the server-side tool calls.
 COLUMNS = (
     ("requests", "Requests"),
     ("errors", "Errors"),
     ("estimated", "Estimated"),
     *((counter.field, counter.label) for counter in billing.TOKEN_COUNTERS),
     ("cost", "Cost (USD)"),
+    (billing.TOOL_CALLS.field, billing.TOOL_CALLS.label),
 )
 
 
@@ -91,6 +93,36 @@ def csv_response(
 
 def plural(count: int, one: str, many: str) -> str:
     return one if count == 1 else many
+
+
+def tool_words(totals: Mapping[str, int]) -> str:
+    """'3 tool calls: 2 web searches, 1 X search' ('' without any): the kinds counted
+    apart (billing.TOOL_COUNTERS), then the calls of other kinds or of no reported kind."""
+    calls = billing.TOOL_CALLS
+    count = totals.get(calls.field) or 0
+    if not count:
+        return ""
+    parts = [
+        f"{totals[c.field]} {plural(totals[c.field], c.one, c.many)}"
+        for c in billing.TOOL_COUNTERS
+        if totals.get(c.field)
+    ]
+    rest = count - sum(totals.get(c.field) or 0 for c in billing.TOOL_COUNTERS)
+    if parts and rest > 0:
+        parts.append(f"{rest} other")
+    words = f"{count} {plural(count, calls.one, calls.many)}"
+    return f"{words}: {', '.join(parts)}" if parts else words
+
+
+def unpriced_tools_words(totals: Mapping[str, int]) -> str:
+    """What the computed costs leave out for want of a tool price ('' if nothing)."""
+    count = totals.get("unpriced_tool_calls") or 0
+    if not count:
+        return ""
+    return (
+        f"{count} {plural(count, 'tool call has', 'tool calls have')} no known price "
+        "(admin, Tool prices): the cost leaves them out."
+    )
 
 
 # ------------------------------------------------------------------ the period
@@ -414,6 +446,8 @@ def report_context(days: UsageDayQuerySet, period: Period | None) -> dict[str, A
         "period": period,
         "totals": totals,
         "total_cost": usd(totals["cost_in_usd_ticks"]),
+        "tool_words": tool_words(totals),
+        "unpriced_tools": unpriced_tools_words(totals),
         "users_table": usage_table(
             "usage-users", "User", users, "No requests in this period.", totals
         ),
@@ -450,6 +484,7 @@ def conversation_usage(user_id: int, period: Period) -> QuerySet:
             # What its prompt cache key saved: the prompt tokens read from xAI's cache.
             cached_prompt_tokens=Sum("cached_prompt_tokens"),
             total_tokens=Sum("total_tokens"),
+            tool_calls=Sum("num_server_side_tools_used"),
             cost_in_usd_ticks=Coalesce(Sum("cost_in_usd_ticks"), 0),  # unpriced count as 0
             first=Min("created_at"),
             last=Max("created_at"),
@@ -513,6 +548,8 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
         "period": period,
         "totals": totals,
         "total_cost": usd(totals["cost_in_usd_ticks"]),
+        "tool_words": tool_words(totals),
+        "unpriced_tools": unpriced_tools_words(totals),
         **per_model_and_day(days, "No requests in this period.", "user"),
         "budget": budget,
         "limits": limits,
@@ -562,6 +599,7 @@ def my_usage(request: HttpRequest) -> HttpResponse:
         "totals": totals,
         "figures": [(c.field, c.label, totals[c.field]) for c in billing.TOKEN_COUNTERS],
         "total_cost": usd(totals["cost_in_usd_ticks"]),
+        "tool_words": tool_words(totals) or "none",
         "cost_left": usd(max(0, budget.max_cost_ticks - status.cost_ticks))
         if status and budget and budget.max_cost_ticks is not None
         else "",
@@ -580,6 +618,7 @@ def my_usage(request: HttpRequest) -> HttpResponse:
         )
         if unpriced
         else "",
+        "unpriced_tools": unpriced_tools_words(totals),
         **per_model_and_day(mine, "No requests yet.", "usage"),
         "chart": chart_for(
             mine,

@@ -31,7 +31,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from chat import frames
-from chat.billing import TOKEN_FIELDS, Price
+from chat.billing import TOKEN_FIELDS, Price, tool_call_count
 from chat.capabilities import allowed_options, api_style
 from chat.models import Message, OpenSocket, Usage, streams_started_after
 from chat.upstream import Answer, Delta, RequestOptions, Timeouts, Upstream, UpstreamError
@@ -699,6 +699,8 @@ def usage_for(answer: Answer, history: list[dict[str, Any]], prefix: str = "") -
             "source": Usage.Source.REPORTED,
             "reported_cost_ticks": usage.cost_in_usd_ticks,
             "raw_usage": usage.raw,
+            "num_server_side_tools_used": tool_call_count(usage.tools_used, usage.tool_usage),
+            "server_side_tool_usage_details": usage.tool_usage,
         }
     if not answer.accepted:
         # Refused (an error status) or never reached: the upstream generated nothing.

@@ -222,9 +222,10 @@ def test_the_counter_fields_are_the_token_counters():
     assert [c.field for c in billing.TOKEN_COUNTERS] == list(billing.TOKEN_FIELDS)
     # The report's columns, the CSV's and the rollup's sums follow them, in their order.
     assert USAGE_SUMS[4:-1] == billing.TOKEN_FIELDS
-    assert [name for name, _ in reports.COLUMNS[3:-1]] == list(billing.TOKEN_FIELDS)
+    assert [name for name, _ in reports.COLUMNS[3:-2]] == list(billing.TOKEN_FIELDS)
     report = admin.site.get_model_admin(UsageDay)
-    assert report.csv_header[7:-3] == billing.TOKEN_FIELDS  # then the cost, the title columns
+    # Then the cost, the title columns and the tool calls.
+    assert report.csv_header[7:-6] == billing.TOKEN_FIELDS
 
 
 def test_the_totals_equal_the_sum_of_the_rows_and_of_what_was_spent(client, staff, ledger):
@@ -409,12 +410,13 @@ def test_the_csv_holds_the_table_every_row_in_the_same_order(client, staff, ledg
     )
     header, body = rows[0], rows[1:]
     assert header[:3] == ["day", "user__username", "model"]
-    assert header[-3:] == ["cost_usd", "title_requests", "title_cost_usd"]
+    assert header[-6:-3] == ["cost_usd", "title_requests", "title_cost_usd"]
+    assert header[-3:] == ["tool_calls", "web_search_calls", "x_search_calls"]
     assert body == shown
     # Numbers are plain integers and the costs decimal strings.
     for row in body:
-        assert all(re.fullmatch(r"\d+", value) for value in [*row[3:-3], row[-2]])
-        assert re.fullmatch(r"\d+\.\d{4,}", row[-3]) and re.fullmatch(r"\d+\.\d{4,}", row[-1])
+        assert all(re.fullmatch(r"\d+", value) for value in [*row[3:-6], row[-5], *row[-3:]])
+        assert re.fullmatch(r"\d+\.\d{4,}", row[-6]) and re.fullmatch(r"\d+\.\d{4,}", row[-4])
     # With pages, the CSV still has every row of the filter, in the table's order.
     monkeypatch.setattr(admin.site.get_model_admin(UsageDay), "list_per_page", 1)
     by_user = sort_link(page_html(client, "/admin/usage/"), "User")

@@ -10,7 +10,7 @@ from django.utils.html import json_script
 from django.utils.safestring import SafeString
 
 from chat import frames
-from chat.billing import TOKEN_COUNTERS
+from chat.billing import TOKEN_COUNTERS, TOOL_CALLS, TOOL_COUNTERS
 from chat.models import Usage, budget_status
 from chat.reports import budget_words, usd
 
@@ -36,8 +36,25 @@ def usd_filter(ticks: int | None) -> str:
 
 @register.simple_tag
 def token_counters() -> SafeString:
-    """The counters as data for static/js/chat.js: a JSON script element, never run."""
-    counters = [{"field": c.field, "label": c.label} for c in TOKEN_COUNTERS]
+    """The counters as data for static/js/chat.js: a JSON script element, never run. The
+    tokens, then the tool calls with their words for one and many; the last, all tool
+    calls, is shown for the calls the kinds before it leave (`rest`)."""
+    counters: list[dict[str, object]] = [
+        {"field": c.field, "label": c.label} for c in TOKEN_COUNTERS
+    ]
+    counters += [
+        {"field": c.field, "label": c.label, "one": c.one, "many": c.many} for c in TOOL_COUNTERS
+    ]
+    calls = TOOL_CALLS
+    counters.append(
+        {
+            "field": calls.field,
+            "label": calls.label,
+            "one": calls.one,
+            "many": calls.many,
+            "rest": True,
+        }
+    )
     return json_script(counters, "token-counters")
 
 

@@ -174,17 +174,33 @@ function formatUsd(value) {
 }
 
 // The token counters the meta line lists, in the server's order and words (the page's
-// #token-counters, from chat.billing.TOKEN_COUNTERS).
+// #token-counters, from chat.billing.TOKEN_COUNTERS), then the tool calls (TOOL_COUNTERS:
+// "2 web searches"; the last, `rest`, counts the calls of the kinds not listed before it).
 const tokenCounters = JSON.parse(document.getElementById("token-counters")?.textContent ?? "[]");
+
+function counterParts(usage) {
+  const parts = [];
+  let toolCalls = 0;
+  for (const { field, label, one, many, rest } of tokenCounters) {
+    const count = (usage[field] || 0) - (rest ? toolCalls : 0);
+    if (count <= 0) continue;
+    if (!one) {
+      parts.push(`${count} ${label.toLowerCase()}`);
+      continue;
+    }
+    const other = rest && toolCalls ? "other " : "";
+    parts.push(`${count} ${other}${count === 1 ? one : many}`);
+    toolCalls += count;
+  }
+  return parts;
+}
 
 function formatMeta(entry) {
   const parts = [];
   if (entry.model) parts.push(entry.model);
   const usage = entry.usage;
   if (usage) {
-    for (const { field, label } of tokenCounters) {
-      if (usage[field]) parts.push(`${usage[field]} ${label.toLowerCase()}`);
-    }
+    parts.push(...counterParts(usage));
     if (usage.source === "estimated") parts.push("estimated: the answer ended before the provider reported usage");
     if (usage.cost_usd) parts.push(formatUsd(usage.cost_usd));
   }
