@@ -56,10 +56,13 @@ Turn = dict[str, Any]
 
 @dataclass
 class Usage:
-    """Token counts exactly as the upstream reported them (a snapshot, never a sum).
+    """Token counts as the upstream reported them (a snapshot, never a sum), with
+    completion_tokens always counting the answer's tokens without its reasoning.
 
-    xAI's completion_tokens excludes reasoning tokens, OpenAI's includes them: both are
-    stored as given, with total_tokens as reported.
+    xAI's Chat Completions reports reasoning apart (total = prompt + completion +
+    reasoning); its Responses API and OpenAI count it inside the completion (total =
+    prompt + completion). The total tells which: completion_tokens leaves the reasoning
+    out either way, so that each token is priced once. `raw` keeps the report as given.
     """
 
     prompt_tokens: int = 0
@@ -89,12 +92,19 @@ class Usage:
         completion_details = raw.get(f"{completion_key}_details") or {}
         cost = raw.get("cost_in_usd_ticks")
         details = raw.get("server_side_tool_usage_details")
+        prompt, completion = _int(raw.get(prompt_key)), _int(raw.get(completion_key))
+        reasoning, total = (
+            _int(completion_details.get("reasoning_tokens")),
+            _int(raw.get("total_tokens")),
+        )
+        if reasoning and total == prompt + completion and completion >= reasoning:
+            completion -= reasoning  # counted inside the completion: out of it
         return cls(
-            prompt_tokens=_int(raw.get(prompt_key)),
+            prompt_tokens=prompt,
             cached_prompt_tokens=_int(prompt_details.get("cached_tokens")),
-            completion_tokens=_int(raw.get(completion_key)),
-            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
-            total_tokens=_int(raw.get("total_tokens")),
+            completion_tokens=completion,
+            reasoning_tokens=reasoning,
+            total_tokens=total,
             cost_in_usd_ticks=cost if isinstance(cost, int) else None,
             raw=raw,
             tools_used=_int(raw.get("num_server_side_tools_used")),

@@ -57,7 +57,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "usage": {
             "prompt_tokens": 216,
             "cached_prompt_tokens": 192,
-            "completion_tokens": 923,
+            "completion_tokens": 923 - 323,  # output 923 holds the reasoning
             "reasoning_tokens": 323,
             "total_tokens": 1139,
             "tools_used": 0,
@@ -75,7 +75,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "usage": {
             "prompt_tokens": 216,
             "cached_prompt_tokens": 192,
-            "completion_tokens": 831,
+            "completion_tokens": 831 - 253,
             "reasoning_tokens": 253,
             "total_tokens": 1047,
             "tools_used": 0,  # (SOURCES.md gives no tool count here; the recording says 0)
@@ -94,7 +94,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "usage": {
             "prompt_tokens": 1875,
             "cached_prompt_tokens": 1578,
-            "completion_tokens": 695,
+            "completion_tokens": 695 - 397,
             "reasoning_tokens": 397,
             "total_tokens": 2570,
             "tools_used": 1,

@@ -185,7 +185,7 @@ TRANSCRIPTS: dict[str, dict[str, Any]] = {
         "finish": "stop",
         "usage": {
             "prompt_tokens": 165,
-            "completion_tokens": 167,
+            "completion_tokens": 167 - 165,  # (its 167 hold the reasoning: out of them)
             "reasoning_tokens": 165,
             "total_tokens": 332,
         },
@@ -269,7 +269,7 @@ TRANSCRIPTS: dict[str, dict[str, Any]] = {
         "usage": {
             "prompt_tokens": 216,
             "cached_prompt_tokens": 192,
-            "completion_tokens": 923,
+            "completion_tokens": 923 - 323,  # output 923 holds the reasoning 323
             "reasoning_tokens": 323,
             "total_tokens": 1139,
         },
@@ -287,7 +287,7 @@ TRANSCRIPTS: dict[str, dict[str, Any]] = {
         "usage": {
             "prompt_tokens": 216,
             "cached_prompt_tokens": 192,
-            "completion_tokens": 831,
+            "completion_tokens": 831 - 253,
             "reasoning_tokens": 253,
             "total_tokens": 1047,
         },
@@ -304,7 +304,7 @@ TRANSCRIPTS: dict[str, dict[str, Any]] = {
         "usage": {
             "prompt_tokens": 1875,
             "cached_prompt_tokens": 1578,
-            "completion_tokens": 695,
+            "completion_tokens": 695 - 397,
             "reasoning_tokens": 397,
             "total_tokens": 2570,
         },

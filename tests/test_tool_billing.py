@@ -33,8 +33,9 @@ MODEL = "grok-4-fast-reasoning"
 # $0.20 / $0.05 / $0.50 per million: 2000, 500 and 5000 ticks a token.
 GROK_4_FAST = {"prompt": Decimal("0.20"), "cached_prompt": Decimal("0.05"), "completion": "0.50"}
 FIVE_DOLLARS_A_THOUSAND = 50_000_000  # ticks per call
-# The recording's tokens at GROK_4_FAST, as chat.billing.cost_ticks counts them.
-TOKENS_COST = (1875 - 1578) * 2000 + 1578 * 500 + 695 * 5000 + 397 * 5000
+# The recording's tokens at GROK_4_FAST: its output of 695 holds the 397 of reasoning,
+# each priced once (at the completion price, as xAI bills reasoning).
+TOKENS_COST = (1875 - 1578) * 2000 + 1578 * 500 + (695 - 397) * 5000 + 397 * 5000
 
 
 def recorded_usage() -> dict[str, Any]:
