@@ -12,7 +12,8 @@ from chat.models import ModelPrice
 from chat.upstream import Catalog, fetch_catalog, redact
 
 logger = logging.getLogger(__name__)
-# {"models": [ids], "capabilities": {id: the list's `capabilities` object}}
+# {"models": [ids], "capabilities": {id: the list's `capabilities` object},
+#  "input_modalities": {id: the list's `input_modalities`}}
 CACHE_KEY = "upstream-catalog"
 
 
@@ -50,6 +51,19 @@ def listed_capabilities() -> dict[str, dict[str, Any]]:
     return listed["capabilities"] if isinstance(listed, dict) else {}
 
 
+def accepts_images(model: str) -> bool | None:
+    """Whether `model` takes images, as the cached list's `input_modalities` say (xAI's
+    `/language-models`); None where it says nothing (not cached, or no such field)."""
+    try:
+        listed = cache.get(CACHE_KEY)
+    except Exception as exc:  # Redis down: the caller falls back on the settings
+        logger.warning("could not read the cached model list: %r", exc)
+        return None
+    modalities = listed.get("input_modalities") if isinstance(listed, dict) else None
+    kinds = modalities.get(model) if isinstance(modalities, dict) else None
+    return None if kinds is None else "image" in kinds
+
+
 def failure_text(exc: Exception) -> str:
     """What went wrong, fit for a page, a command's output or the log: never the key."""
     return redact(str(exc) or type(exc).__name__, settings.XAI_API_KEY)
@@ -65,7 +79,11 @@ def sync_prices() -> int:
 
 
 def _cached_form(catalog: Catalog) -> dict[str, Any]:
-    return {"models": catalog.models, "capabilities": catalog.capabilities}
+    return {
+        "models": catalog.models,
+        "capabilities": catalog.capabilities,
+        "input_modalities": catalog.input_modalities,
+    }
 
 
 def _fetch_and_store() -> Catalog:

@@ -32,7 +32,7 @@ def system_prompt(user: User, conversation: Conversation) -> str:
     return "\n\n".join(part.strip() for part in parts if part and part.strip())
 
 
-def with_system_prompt(history: list[dict[str, str]], prompt: str) -> list[dict[str, str]]:
+def with_system_prompt(history: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
     """`history` with `prompt` as its first turn, of role system (the Responses API sends
     it as `instructions`, Anthropic's as `system`: chat.upstream)."""
     return [{"role": "system", "content": prompt}, *history] if prompt else history

@@ -338,16 +338,69 @@ def _raise_if_error(obj: dict[str, Any]) -> None:
         )
 
 
+# ---------------------------------------------------------------------------
+# Images: a user's turn may carry "images": [{"type": "image/png", "data": <base64>}]
+# (chat.attachments.load_images); each dialect sends them as its API's content parts,
+# before the text, as xAI's and Anthropic's examples put them. Turns without images go
+# as they are: plain text content.
+
+# A history turn: {"role", "content"}, and on a user's turn with images "images".
+Turn = dict[str, Any]
+
+
+def data_url(image: dict[str, str]) -> str:
+    return f"data:{image['type']};base64,{image['data']}"
+
+
+def _with_parts(turn: Turn, parts: list[dict[str, Any]], text_part: dict[str, Any]) -> Turn:
+    """`turn` with its content as `parts` then its text; no `images` key left."""
+    rest = {key: value for key, value in turn.items() if key != "images"}
+    return {**rest, "content": [*parts, text_part]} if parts else rest
+
+
+def _images(turn: Turn) -> list[dict[str, str]]:
+    return [image for image in turn.get("images") or () if image.get("data")]
+
+
+def chat_completions_turn(turn: Turn) -> Turn:
+    """Chat Completions: `image_url` parts next to a `text` part."""
+    if "images" not in turn:
+        return turn
+    parts = [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in _images(turn)]
+    return _with_parts(turn, parts, {"type": "text", "text": turn["content"]})
+
+
+def responses_turn(turn: Turn) -> Turn:
+    """Responses: `input_image` parts (a data URL, detail auto) next to an `input_text`."""
+    if "images" not in turn:
+        return turn
+    parts = [
+        {"type": "input_image", "image_url": data_url(i), "detail": "auto"} for i in _images(turn)
+    ]
+    return _with_parts(turn, parts, {"type": "input_text", "text": turn["content"]})
+
+
+def anthropic_turn(turn: Turn) -> Turn:
+    """Anthropic Messages: base64 `image` blocks next to a `text` block."""
+    if "images" not in turn:
+        return turn
+    parts = [
+        {"type": "image", "source": {"type": "base64", "media_type": i["type"], "data": i["data"]}}
+        for i in _images(turn)
+    ]
+    return _with_parts(turn, parts, {"type": "text", "text": turn["content"]})
+
+
 class ChatCompletions:
     name = "chat_completions"
     path = "/chat/completions"
 
     def body(
-        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+        self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": messages,
+            "messages": [chat_completions_turn(m) for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             **_sampling(options),
@@ -420,13 +473,13 @@ class Responses:
     path = "/responses"
 
     def body(
-        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+        self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         # The system prompt is the request's `instructions`, not a turn of `input`.
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": model,
-            "input": [m for m in messages if m["role"] != "system"],
+            "input": [responses_turn(m) for m in messages if m["role"] != "system"],
             "stream": True,
             "store": False,
             **_sampling(options),
@@ -478,12 +531,12 @@ class AnthropicMessages:
     DEFAULT_MAX_TOKENS = 8192
 
     def body(
-        self, model: str, messages: list[dict[str, str]], options: RequestOptions = NO_OPTIONS
+        self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": model,
-            "messages": [m for m in messages if m["role"] != "system"],
+            "messages": [anthropic_turn(m) for m in messages if m["role"] != "system"],
             "max_tokens": options.max_output_tokens or self.DEFAULT_MAX_TOKENS,
             "stream": True,
             **_sampling(options),
@@ -617,7 +670,7 @@ class Upstream:
         self,
         answer: Answer,
         model: str,
-        messages: list[dict[str, str]],
+        messages: list[Turn],
         options: RequestOptions | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Stream one answer, retrying only while nothing has been relayed yet. `options`
@@ -653,7 +706,7 @@ class Upstream:
         self,
         answer: Answer,
         model: str,
-        messages: list[dict[str, str]],
+        messages: list[Turn],
         options: RequestOptions,
         deadline: float,
     ) -> AsyncGenerator[Delta, None]:
@@ -795,6 +848,8 @@ class Catalog:
     models: list[str]
     prices: dict[str, Price]
     capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each model's `input_modalities` where the list gives them (xAI: ["text", "image"]).
+    input_modalities: dict[str, list[str]] = field(default_factory=dict)
 
 
 def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
@@ -825,6 +880,7 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
     ids: set[str] = set()
     prices: dict[str, Price] = {}
     capabilities: dict[str, dict[str, Any]] = {}
+    modalities: dict[str, list[str]] = {}
     for item in items if isinstance(items, list) else ():
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
@@ -835,4 +891,7 @@ def fetch_catalog(base_url: str, api_key: str, timeout: float = 5.0) -> Catalog:
             prices.update(dict.fromkeys(names, price))
         if isinstance(item.get("capabilities"), dict):
             capabilities.update(dict.fromkeys(names, item["capabilities"]))
-    return Catalog(sorted(ids), prices, capabilities)
+        if isinstance(item.get("input_modalities"), list):
+            kinds = [kind for kind in item["input_modalities"] if isinstance(kind, str)]
+            modalities.update(dict.fromkeys(names, kinds))
+    return Catalog(sorted(ids), prices, capabilities, modalities)
