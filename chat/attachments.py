@@ -29,7 +29,7 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image, UnidentifiedImageError
 
-from chat.catalog import accepts_images
+from chat.catalog import accepts_images, listed_input_modalities
 from chat.models import Attachment, Message
 
 if TYPE_CHECKING:
@@ -248,18 +248,19 @@ def described_of(message: Message) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- sending
 
 
-def images_allowed(model: str) -> bool:
+def images_allowed(model: str, listed: dict[str, list[str]] | None = None) -> bool:
     """Whether `model` takes images: as the upstream's model list says (xAI's
     `input_modalities`), else if CHAT_IMAGE_MODELS names it or a prefix of it."""
-    listed = accepts_images(model)
-    if listed is not None:
-        return listed
+    said = accepts_images(model, listed)
+    if said is not None:
+        return said
     return any(model.startswith(prefix) for prefix in settings.CHAT_IMAGE_MODELS)
 
 
 def images_by_model(models: list[str]) -> dict[str, bool]:
-    """For the chat page: which models the attach button is offered for."""
-    return {model: images_allowed(model) for model in models}
+    """For the chat page: which models the attach button is offered for (one cache read)."""
+    listed = listed_input_modalities()
+    return {model: images_allowed(model, listed) for model in models}
 
 
 def claim(user: User, ids: list[int], model: str, carried: int = 0) -> list[Attachment]:

@@ -33,6 +33,7 @@ from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_POST
 
 from chat import titles
+from chat.attachments import images_by_model
 from chat.capabilities import efforts_by_model
 from chat.catalog import models_offered
 from chat.forms import ConversationSettingsForm, UserSettingsForm
@@ -75,7 +76,12 @@ def _messages_context(request: HttpRequest, conversation: Conversation | None) -
         position = path.index(before_id) if before_id in path else len(path)
         path, later = path[:position], True
     shown = path[-MESSAGES_PER_PAGE:]
-    rows = conversation.messages.filter(id__in=shown).select_related("usage").order_by()
+    rows = (
+        conversation.messages.filter(id__in=shown)
+        .select_related("usage")
+        .prefetch_related("attachments")
+        .order_by()
+    )
     by_id = {message.id: message for message in rows}
     messages = [by_id[message_id] for message_id in shown]
     for message in messages:
@@ -104,6 +110,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         "api_key_configured": bool(settings.XAI_API_KEY),
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         **_settings_panel(conversation, models),
+        **_attach_button(conversation, models),
     }
     return render(request, "chat/chat.html", context)
 
@@ -124,6 +131,16 @@ def _settings_panel(conversation: Conversation | None, models: list[str]) -> dic
         "settings_form": ConversationSettingsForm(initial=values),
         "settings_summary": values["summary"] if values else "Default settings",
         "model_efforts": efforts_by_model(offered),
+    }
+
+
+def _attach_button(conversation: Conversation | None, models: list[str]) -> dict[str, Any]:
+    """The attach button's context: which models take images, and the limits."""
+    offered = [*models, conversation.model] if conversation and conversation.model else models
+    return {
+        "model_images": images_by_model(offered),
+        "max_images": settings.CHAT_MAX_IMAGES,
+        "max_image_bytes": settings.CHAT_MAX_IMAGE_BYTES,
     }
 
 
