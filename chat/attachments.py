@@ -295,7 +295,7 @@ def claim(user: User, ids: list[int], model: str, carried: int = 0) -> list[Atta
 
 def link(claimed: list[Attachment], edited: int | None, message: Message) -> list[Attachment]:
     """Make `claimed` (and copies of the images of the message `edited`, which share its
-    files) `message`'s, the edited message's first; all of them, in that order."""
+    files) `message`'s; all of them, in upload order, as a message's images always are."""
     copies: list[Attachment] = []
     if edited is not None:
         copies = list(Attachment.objects.filter(message_id=edited))
@@ -307,7 +307,7 @@ def link(claimed: list[Attachment], edited: int | None, message: Message) -> lis
         Attachment.objects.filter(pk__in=[a.pk for a in claimed]).update(message=message)
         for attachment in claimed:
             attachment.message = message
-    return [*copies, *claimed]
+    return sorted([*copies, *claimed], key=lambda a: (a.created_at, a.pk))
 
 
 def without_images(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:

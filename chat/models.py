@@ -321,7 +321,7 @@ class Attachment(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["user", "message"])]
-        ordering = ["id"]
+        ordering = ["created_at", "id"]  # a message's images in upload order (an edit's too)
 
     def __str__(self) -> str:
         return f"{self.content_type} {self.width}x{self.height} of {self.user_id}"
