@@ -8,32 +8,65 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0010_conversation_settings'),
+        ("chat", "0010_conversation_settings"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Attachment',
+            name="Attachment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content_type', models.CharField(help_text='as its decoded content says', max_length=20)),
-                ('size', models.PositiveIntegerField(help_text='bytes')),
-                ('width', models.PositiveIntegerField()),
-                ('height', models.PositiveIntegerField()),
-                ('sha256', models.CharField(max_length=64)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('file', models.FileField(max_length=200, upload_to=chat.models.attachment_path)),
-                ('thumbnail', models.FileField(max_length=200, upload_to=chat.models.attachment_path)),
-                ('converted', models.FileField(blank=True, max_length=200, upload_to=chat.models.attachment_path)),
-                ('message', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='attachments', to='chat.message')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attachments', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "content_type",
+                    models.CharField(help_text="as its decoded content says", max_length=20),
+                ),
+                ("size", models.PositiveIntegerField(help_text="bytes")),
+                ("width", models.PositiveIntegerField()),
+                ("height", models.PositiveIntegerField()),
+                ("sha256", models.CharField(max_length=64)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("file", models.FileField(max_length=200, upload_to=chat.models.attachment_path)),
+                (
+                    "thumbnail",
+                    models.FileField(max_length=200, upload_to=chat.models.attachment_path),
+                ),
+                (
+                    "converted",
+                    models.FileField(
+                        blank=True, max_length=200, upload_to=chat.models.attachment_path
+                    ),
+                ),
+                (
+                    "message",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attachments",
+                        to="chat.message",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attachments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
-                'indexes': [models.Index(fields=['user', 'message'], name='chat_attach_user_id_a3fee2_idx')],
+                "ordering": ["created_at", "id"],
+                "indexes": [
+                    models.Index(fields=["user", "message"], name="chat_attach_user_id_a3fee2_idx")
+                ],
             },
         ),
     ]
