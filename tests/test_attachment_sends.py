@@ -239,3 +239,27 @@ async def test_a_stopped_answers_estimate_counts_the_images_sent(upstream, alice
     assert end["usage"]["prompt_tokens"] == 100 + IMAGE_TOKENS
     row = await database_sync_to_async(Usage.objects.get)(message_id=start["message"]["id"])
     assert row.prompt_tokens == 100 + IMAGE_TOKENS
+
+
+async def test_a_model_that_takes_no_images_gets_the_history_without_them(
+    upstream, alice, socket_for
+):
+    image_id = await uploaded(alice, png())
+    socket = await socket_for(alice)
+    await socket.send(type="send", content="Look", conversation_id=None, attachments=[image_id])
+    first, _ = await socket.until("message.end")
+    await socket.send(
+        type="send", content="Go on", conversation_id=first["conversation_id"], model="grok-3-mini"
+    )
+    await socket.until("message.end")
+    assert upstream.stream_requests()[1].json()["messages"][0] == {
+        "role": "user",
+        "content": "Look",
+    }
+    # They stay stored, and go again to a model that takes them.
+    await socket.send(
+        type="send", content="Again", conversation_id=first["conversation_id"], model="grok-4"
+    )
+    await socket.until("message.end")
+    again = upstream.stream_requests()[2].json()["messages"][0]["content"]
+    assert again[0]["type"] == "image_url" and again[1] == {"type": "text", "text": "Look"}
