@@ -27,10 +27,11 @@ COPY static ./static
 COPY docker ./docker
 # Static files are collected at build time with a throwaway key; nothing else runs here.
 # Migrations run when the container starts (docker/start.sh), never at build.
+# /app/data/media (MEDIA_ROOT) is owned by the app's user, so a new volume mounted there is.
 RUN DJANGO_SECRET_KEY=collectstatic-only-not-a-secret-0123456789-abcdefghijklmnop \
     DJANGO_ALLOWED_HOSTS=localhost \
     python manage.py collectstatic --noinput --verbosity 0 \
-    && mkdir -p /app/data && chown chat:chat /app/data
+    && mkdir -p /app/data/media && chown -R chat:chat /app/data
 USER chat
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

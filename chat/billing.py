@@ -211,10 +211,23 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def estimate_usage(prompt_texts: list[str], content: str, reasoning: str) -> dict[str, int]:
+# What one image is taken to cost in the estimates (docs/usage.md): xAI documents no
+# per-image count; this is about a 1024x1024 image at OpenAI's high detail (765), rounded up.
+IMAGE_TOKENS = 1000
+
+
+def images_in(turns: list[dict[str, Any]]) -> int:
+    """How many images the history turns carry (chat.models.Conversation.history)."""
+    return sum(len(turn.get("images") or ()) for turn in turns)
+
+
+def estimate_usage(
+    prompt_texts: list[str], content: str, reasoning: str, images: int = 0
+) -> dict[str, int]:
     """Usage for a stream that ended before its report: the prompt as sent and the partial
-    answer, 4 characters a token (docs/usage.md). Nothing is guessed as cached."""
-    prompt = sum(estimate_tokens(text) for text in prompt_texts)
+    answer, 4 characters a token, and IMAGE_TOKENS for each image sent (docs/usage.md).
+    Nothing is guessed as cached."""
+    prompt = sum(estimate_tokens(text) for text in prompt_texts) + images * IMAGE_TOKENS
     completion = estimate_tokens(content)
     reasoning_tokens = estimate_tokens(reasoning)
     return {
@@ -229,6 +242,12 @@ def estimate_usage(prompt_texts: list[str], content: str, reasoning: str) -> dic
 TURN_OVERHEAD_TOKENS = 4  # role and separators of each message, roughly
 
 
+def turn_tokens(turn: dict[str, Any]) -> int:
+    """A history turn's estimated size: its text, its images and the overhead."""
+    images = len(turn.get("images") or ())
+    return estimate_tokens(turn["content"]) + images * IMAGE_TOKENS + TURN_OVERHEAD_TOKENS
+
+
 def fit_history(turns: list[dict[str, Any]], max_tokens: int) -> tuple[list[dict[str, Any]], int]:
     """The newest turns whose estimated size fits `max_tokens`, and how many were dropped.
 
@@ -238,10 +257,10 @@ def fit_history(turns: list[dict[str, Any]], max_tokens: int) -> tuple[list[dict
     """
     system = [turn for turn in turns if turn["role"] == "system"]
     rest = [turn for turn in turns if turn["role"] != "system"]
-    total = sum(estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS for turn in system)
+    total = sum(turn_tokens(turn) for turn in system)
     kept: list[dict[str, Any]] = []
     for turn in reversed(rest):
-        size = estimate_tokens(turn["content"]) + TURN_OVERHEAD_TOKENS
+        size = turn_tokens(turn)
         if kept and total + size > max_tokens:
             break
         kept.append(turn)

@@ -86,13 +86,23 @@ def listed_capabilities() -> dict[str, dict[str, Any]]:
     return (listed.get("capabilities") or {}) if listed else {}
 
 
-def accepts_images(model: str) -> bool | None:
-    """Whether `model` takes images in, as the cached list's `input_modalities` say
-    (xAI's `/language-models`, e.g. ["text", "image"]), without fetching it; None when it
-    says nothing of the model (not cached, OpenAI's `/models`, or no modalities given)."""
-    listed = _cached()
-    modalities = (listed.get("input_modalities") or {}).get(model) if listed else None
-    return None if modalities is None else "image" in modalities
+def listed_input_modalities() -> dict[str, list[str]]:
+    """Each model's `input_modalities` as the cached list gives them (xAI's
+    `/language-models`), without fetching it: {} when it is not cached or says nothing."""
+    try:
+        listed = cache.get(CACHE_KEY)
+    except Exception as exc:  # Redis down: the callers fall back on the settings
+        logger.warning("could not read the cached model list: %r", exc)
+        return {}
+    modalities = listed.get("input_modalities") if isinstance(listed, dict) else None
+    return modalities if isinstance(modalities, dict) else {}
+
+
+def accepts_images(model: str, listed: dict[str, list[str]] | None = None) -> bool | None:
+    """Whether `model` takes images, as the list's `input_modalities` say (`listed`: those
+    of listed_input_modalities(), else read now); None where it says nothing."""
+    kinds = (listed_input_modalities() if listed is None else listed).get(model)
+    return None if kinds is None else "image" in kinds
 
 
 def failure_text(exc: Exception) -> str:

@@ -355,6 +355,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             parent_id = self._int_field(content, "parent_id")
         model, client_id = self._model_field(content), self._client_id_field(content)
         conversation_settings = self._new_conversation_settings(content, conversation_id)
+        attachment_ids = self._attachments_field(content)
         self._check_api_key()
         started = await database_sync_to_async(start_answer)(
             self.user,
@@ -365,6 +366,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             client_id,
             parent_id=parent_id,
             conversation_settings=conversation_settings,
+            attachment_ids=attachment_ids,
         )
         await self._begin(started, client_id, announce=conversation_id is None)
 
@@ -373,9 +375,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         text = self._text_field(content)
         conversation_id = self._int_field(content, "conversation_id")
         model, client_id = self._model_field(content), self._client_id_field(content)
+        attachment_ids = self._attachments_field(content)
         self._check_api_key()
         started = await database_sync_to_async(start_answer)(
-            self.user, self.session_key, conversation_id, text, model, client_id, edit_of=edited
+            self.user,
+            self.session_key,
+            conversation_id,
+            text,
+            model,
+            client_id,
+            edit_of=edited,
+            attachment_ids=attachment_ids,
         )
         await self._begin(started, client_id, announce=False)
 
@@ -427,7 +437,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(frames.conversation(conversation, answer.model))
             await self.watch(conversation.id, announce=False, owned=True)
             start = frames.message_start(
-                started.user_message, answer, started.dropped, client_id, started.siblings
+                started.user_message,
+                answer,
+                started.dropped,
+                client_id,
+                started.siblings,
+                started.user_attachments,
             )
             await self.send_json(start)
         finally:
@@ -466,7 +481,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(frames.conversation(conversation, answer.model))
         await self.watch(conversation.id, announce=False, owned=True)
         await self.send_json(
-            frames.message_start(resent.user_message, answer, 0, client_id, resent.siblings)
+            frames.message_start(
+                resent.user_message,
+                answer,
+                0,
+                client_id,
+                resent.siblings,
+                resent.user_attachments,
+            )
         )
         # Read after joining the group: from now on its end reaches this socket anyway.
         ended = await self._ended_answer(answer.id)
@@ -512,6 +534,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if model is not None:
             self._storable(model, "The model name")
         return model
+
+    @staticmethod
+    def _attachments_field(content: dict[str, Any]) -> list[int]:
+        """The `attachments` of a `send` or `edit`: ids of the user's pending uploads
+        (chat.services checks whose they are, and how many)."""
+        ids = content.get("attachments")
+        if ids is None:
+            return []
+        if (
+            not isinstance(ids, list)
+            or len(ids) > 100
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)
+        ):
+            raise Refused("bad_frame", "The field 'attachments' must be a list of image ids.")
+        return list(dict.fromkeys(ids))  # each once, in order
 
     @staticmethod
     def _client_id_field(content: dict[str, Any]) -> str | None:

@@ -89,9 +89,11 @@ def message_start(
     history_dropped: int,
     client_id: str | None = None,
     siblings: Siblings | None = None,
+    attachments: list[Frame] | None = None,
 ) -> Frame:
     """`message.start`: the answer is about to stream (protocol.md). `siblings`: the ids of
-    each message's siblings, itself included (Siblings), else it has none."""
+    each message's siblings, itself included (Siblings), else it has none. `attachments`:
+    the user's message's images (chat.attachments.describe)."""
     return {
         "type": "message.start",
         "conversation_id": answer.conversation_id,
@@ -102,6 +104,7 @@ def message_start(
             "content": user_message.content,
             "parent_id": user_message.parent_id,
             "siblings": siblings.user_message if siblings else [user_message.id],
+            "attachments": attachments or [],
         },
         "message": {
             "id": answer.id,

@@ -9,11 +9,14 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.files.storage import default_storage
 from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, TruncDate
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -90,13 +93,15 @@ class Conversation(models.Model):
         """The turns to send upstream along `path` (ids, first message first): each message
         with text; an answer without any (failed, or stopped before its first word) is left
         out with the message it answered, so no later turn sends it again. An answer saved
-        with its Responses output items carries them as "items" (chat.upstream.Turn)."""
+        with its Responses output items carries them as "items" (chat.upstream.Turn). A message with
+        images has `images` too: [{"type", "file"}], read by chat.attachments.load_images()."""
         rows = (
             self.messages.filter(id__in=path)
             .order_by()
             .values_list("id", "role", "content", "output_items")
         )
         messages = {row[0]: row[1:] for row in rows}
+        images = Attachment.refs_of(path)
         turns: list[dict[str, Any]] = []
         for message_id in path:
             role, content, items = messages[message_id]
@@ -107,6 +112,8 @@ class Conversation(models.Model):
                 turn: dict[str, Any] = {"role": role, "content": content}
                 if role == Message.Role.ASSISTANT and items:
                     turn["items"] = items
+                if message_id in images:
+                    turn["images"] = images[message_id]
                 turns.append(turn)
         return turns
 
@@ -293,10 +300,12 @@ class Message(models.Model):
 
         self.refresh_from_db()
         conversation = self.conversation
-        prompt = [turn["content"] for turn in conversation.history_to(self.parent_id)]
+        history = conversation.history_to(self.parent_id)
+        prompt = [turn["content"] for turn in history]
         prompt.append(system_prompt(conversation.user, conversation))
+        images = billing.images_in(history)
         usage = {
-            **Usage.estimated_fields(prompt, self.content, self.reasoning),
+            **Usage.estimated_fields(prompt, self.content, self.reasoning, images),
             "requested_model": self.model,
             "purpose": self.purpose or Usage.Purpose.ANSWER,
         }
@@ -307,6 +316,79 @@ class Message(models.Model):
         return self.end_abandoned(
             Message.State.INTERRUPTED, "The server stopped while this answer was streaming."
         )
+
+
+def attachment_path(attachment: Attachment, filename: str) -> str:
+    """Where an attachment's files go under MEDIA_ROOT: the names chat.attachments makes
+    (random), never the uploader's file name."""
+    return f"attachments/{attachment.user_id}/{filename}"
+
+
+class Attachment(models.Model):
+    """An image a user uploaded (chat.attachments): pending until a message of theirs
+    takes it, then part of that message, sent upstream with it on every later turn."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="attachments")
+    message = models.ForeignKey(
+        Message, models.CASCADE, null=True, blank=True, related_name="attachments"
+    )
+    content_type = models.CharField(max_length=20, help_text="as its decoded content says")
+    size = models.PositiveIntegerField(help_text="bytes")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    file = models.FileField(upload_to=attachment_path, max_length=200)
+    thumbnail = models.FileField(upload_to=attachment_path, max_length=200)
+    # What is sent upstream for a WebP or GIF, which xAI does not take: a PNG of it (of a
+    # GIF's first frame). Blank for PNG and JPEG, which go as they are.
+    converted = models.FileField(upload_to=attachment_path, max_length=200, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "message"])]
+        ordering = ["created_at", "id"]  # a message's images in upload order (an edit's too)
+
+    def __str__(self) -> str:
+        return f"{self.content_type} {self.width}x{self.height} of {self.user_id}"
+
+    @property
+    def upstream_type(self) -> str:
+        """The type of what is sent upstream: the file's, or its converted copy's."""
+        if not self.converted:
+            return self.content_type
+        return "image/png" if self.converted.name.endswith(".png") else "image/jpeg"
+
+    @property
+    def thumbnail_type(self) -> str:
+        return "image/png" if self.thumbnail.name.endswith(".png") else "image/jpeg"
+
+    @classmethod
+    def refs_of(cls, message_ids: list[int]) -> dict[int, list[dict[str, str]]]:
+        """The images of those messages, oldest first, as history turns carry them: the
+        type sent upstream and the stored file it is read from (one query)."""
+        refs: dict[int, list[dict[str, str]]] = {}
+        for row in cls.objects.filter(message_id__in=message_ids).only(
+            "message_id", "content_type", "file", "converted"
+        ):
+            name = row.converted.name or row.file.name
+            ref = {"type": row.upstream_type, "file": name}
+            refs.setdefault(cast(int, row.message_id), []).append(ref)
+        return refs
+
+
+@receiver(post_delete, sender=Attachment)
+def delete_attachment_files(sender: type[Attachment], instance: Attachment, **kwargs: Any) -> None:
+    """Its files go with the last row that names them (an edit's copy shares them), once
+    the deletion is committed."""
+    names = [f.name for f in (instance.file, instance.thumbnail, instance.converted) if f.name]
+
+    def delete() -> None:
+        for name in names:
+            named = Q(file=name) | Q(thumbnail=name) | Q(converted=name)
+            if not Attachment.objects.filter(named).exists():
+                default_storage.delete(name)
+
+    transaction.on_commit(delete, robust=True)
 
 
 class SendKey(models.Model):
@@ -572,11 +654,11 @@ class Usage(models.Model):
 
     @classmethod
     def estimated_fields(
-        cls, prompt_texts: list[str], content: str, reasoning: str
+        cls, prompt_texts: list[str], content: str, reasoning: str, images: int = 0
     ) -> dict[str, Any]:
         """The ledger fields of a stream that ended before its usage report."""
         return {
-            **billing.estimate_usage(prompt_texts, content, reasoning),
+            **billing.estimate_usage(prompt_texts, content, reasoning, images),
             "source": cls.Source.ESTIMATED,
         }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +18,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from chat import catalog, frames, prompts
-from chat.billing import Price, fit_history
+from chat import attachments, catalog, frames, prompts
+from chat.billing import Price, fit_history, images_in
 from chat.limits import limits_for, lock_user, refusal_for
-from chat.models import Conversation, Message, ModelPrice, SendKey, Usage
+from chat.models import Attachment, Conversation, Message, ModelPrice, SendKey, Usage
 from chat.streams import worker_id
 from chat.tree import Tree
 from chat.upstream import NO_OPTIONS, RequestOptions
@@ -55,6 +55,8 @@ class StartedAnswer:
     price: Price | None  # in force now, when the request is made
     siblings: Siblings  # of the user's message and of the answer, for message.start
     options: RequestOptions = NO_OPTIONS  # the conversation's (chat.prompts.request_options)
+    # The user's message's images, as message.start describes them (chat.attachments).
+    user_attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ResentAnswer:
     user_message: Message
     answer: Message  # as it was read: streaming, or ended
     siblings: Siblings
+    user_attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def start_answer(
     parent_id: int | None = None,
     edit_of: int | None = None,
     conversation_settings: dict[str, Any] | None = None,  # (not `settings`: Django's)
+    attachment_ids: list[int] | None = None,
 ) -> StartedAnswer | ResentAnswer:
     """Check the session and the user's limits, then save the message and an empty answer
     and read what the model will see; or raise Refused having saved nothing.
@@ -146,7 +150,8 @@ def start_answer(
     gives the answer that send started (ResentAnswer), saving nothing and counting against
     no limit.
     `conversation_settings`: a new conversation's settings (chat.forms.settings_from_frame),
-    unused for an existing one.
+    unused for an existing one. `attachment_ids`: the user's pending uploads that go with
+    the message (chat.attachments.claim); an edit also keeps the edited message's images.
     """
 
     listed = _listed_unless(model)
@@ -166,19 +171,25 @@ def start_answer(
                 tree = conversation.tree()
             parent = _parent_for(conversation, tree, parent_id, edit_of)
             chosen = catalog.model_for(model, conversation.model, listed)
+            carried = Attachment.objects.filter(message_id=edit_of).count() if edit_of else 0
+            claimed = _claimed(user, attachment_ids or [], chosen, carried)
             user_message, answer = conversation.start_answer(
                 text, chosen, worker_id(), parent_id=parent
             )
+            linked = attachments.link(claimed, edit_of if carried else None, user_message)
             if client_id:
                 SendKey.remember(user, client_id, user_message, answer)
             for message in (user_message, answer):
                 tree.add(message.pk, message.parent_id, message.selected_at)
             # A new conversation's history is the message just saved: no need to read it back.
-            if created:
-                history = [{"role": "user", "content": text}]
+            if created and not claimed:
+                history: list[dict[str, Any]] = [{"role": "user", "content": text}]
             else:
                 history = conversation.history(tree.ancestors(user_message.pk))
-            return _started(user, conversation, created, user_message, answer, history, tree)
+            described = [attachments.describe(a) for a in linked]
+            return _started(
+                user, conversation, created, user_message, answer, history, tree, described
+            )
 
     return _resent_on_race(start, user, client_id, conversation_id, text)
 
@@ -240,7 +251,8 @@ def answer_again(
                 history.append({"role": "user", "content": CONTINUE_PROMPT})
             else:
                 history = conversation.history(tree.ancestors(question.pk))
-            return _started(user, conversation, False, question, answer, history, tree)
+            described = attachments.described_of(question)
+            return _started(user, conversation, False, question, answer, history, tree, described)
 
     return _resent_on_race(start, user, client_id, None, None)
 
@@ -331,7 +343,15 @@ def resent_answer(
     logger.info("user %s sent %s again: answer %s", user.pk, client_id, key.answer.pk)
     tree = key.answer.conversation.tree()
     siblings = Siblings.of(tree, key.user_message, key.answer)
-    return ResentAnswer(key.answer.conversation, key.user_message, key.answer, siblings)
+    described = attachments.described_of(key.user_message)
+    return ResentAnswer(key.answer.conversation, key.user_message, key.answer, siblings, described)
+
+
+def _claimed(user: User, ids: list[int], model: str, carried: int) -> list[Attachment]:
+    try:
+        return attachments.claim(user, ids, model, carried)
+    except attachments.AttachmentError as exc:
+        raise Refused(exc.code, exc.message) from None
 
 
 def _conversation(user: User, conversation_id: int) -> Conversation:
@@ -367,8 +387,13 @@ def _started(
     answer: Message,
     history: list[dict[str, Any]],
     tree: Tree,
+    described: list[dict[str, Any]],
 ) -> StartedAnswer:
+    """`described`: the user's message's images, for message.start."""
     price = ModelPrice.price_for(answer.model)
+    if images_in(history) and not attachments.images_allowed(answer.model):
+        logger.info("answer %s: %s takes no images; sent without", answer.id, answer.model)
+        history = attachments.without_images(history)
     history = prompts.with_system_prompt(history, prompts.system_prompt(user, conversation))
     history, dropped = fit_history(history, prompts.history_room(conversation))
     if dropped:
@@ -376,5 +401,14 @@ def _started(
     siblings = Siblings.of(tree, user_message, answer)
     options = prompts.request_options(conversation)
     return StartedAnswer(
-        conversation, created, user_message, answer, history, dropped, price, siblings, options
+        conversation,
+        created,
+        user_message,
+        answer,
+        history,
+        dropped,
+        price,
+        siblings,
+        options,
+        described,
     )

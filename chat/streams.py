@@ -31,7 +31,8 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from chat import frames
-from chat.billing import TOKEN_FIELDS, Price, tool_call_count
+from chat.attachments import load_images
+from chat.billing import TOKEN_FIELDS, Price, images_in, tool_call_count
 from chat.capabilities import allowed_options, api_style
 from chat.models import Message, OpenSocket, Usage, streams_started_after
 from chat.upstream import Answer, Delta, RequestOptions, Timeouts, Upstream, UpstreamError
@@ -336,6 +337,8 @@ class AnswerRun:
             upstream = upstream_from_settings()
             # Less what the model refuses (the cached model list, a thread's cache read).
             options = await sync_to_async(allowed_options)(self.model, self.options)
+            # The history's images, read from their files (off the database's thread).
+            await sync_to_async(load_images, thread_sensitive=False)(self.history)
             async for delta in upstream.stream(self.answer, self.model, self.history, options):
                 self._emit(delta)
         except asyncio.CancelledError:
@@ -707,4 +710,5 @@ def usage_for(answer: Answer, history: list[dict[str, Any]], prefix: str = "") -
         return {field: 0 for field in TOKEN_FIELDS} | {"source": Usage.Source.NONE}
     # The stream ended before its usage report: the prompt as sent and the partial answer.
     prompt = [turn["content"] for turn in history]
-    return Usage.estimated_fields(prompt, answer.content[len(prefix) :], answer.reasoning)
+    content = answer.content[len(prefix) :]
+    return Usage.estimated_fields(prompt, content, answer.reasoning, images_in(history))

@@ -49,8 +49,9 @@ def resolve_api_style(style: str, base_url: str) -> str:
     return "chat_completions"
 
 
-# One turn of the history sent upstream: "role" and "content", and for an earlier answer
-# of the Responses API its output items as "items" (see Responses.body; others ignore it).
+# One turn of the history sent upstream: "role" and "content"; for an earlier answer of
+# the Responses API its output items as "items" (see Responses.body; others ignore it);
+# for a user's turn with images, "images" (each dialect's *_turn() makes them parts).
 Turn = dict[str, Any]
 
 
@@ -464,6 +465,56 @@ def _raise_if_error(obj: dict[str, Any]) -> None:
         )
 
 
+# ---------------------------------------------------------------------------
+# Images: a user's turn may carry "images": [{"type": "image/png", "data": <base64>}]
+# (chat.attachments.load_images); each dialect sends them as its API's content parts,
+# before the text, as xAI's and Anthropic's examples put them. Turns without images go
+# as they are: plain text content.
+
+
+def data_url(image: dict[str, str]) -> str:
+    return f"data:{image['type']};base64,{image['data']}"
+
+
+def _with_parts(turn: Turn, parts: list[dict[str, Any]], text_part: dict[str, Any]) -> Turn:
+    """`turn` with its content as `parts` then its text; no `images` key left."""
+    rest = {key: value for key, value in turn.items() if key != "images"}
+    return {**rest, "content": [*parts, text_part]} if parts else rest
+
+
+def _images(turn: Turn) -> list[dict[str, str]]:
+    return [image for image in turn.get("images") or () if image.get("data")]
+
+
+def chat_completions_turn(turn: Turn) -> Turn:
+    """Chat Completions: `image_url` parts next to a `text` part."""
+    if "images" not in turn:
+        return turn
+    parts = [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in _images(turn)]
+    return _with_parts(turn, parts, {"type": "text", "text": turn["content"]})
+
+
+def responses_turn(turn: Turn) -> Turn:
+    """Responses: `input_image` parts (a data URL, detail auto) next to an `input_text`."""
+    if "images" not in turn:
+        return turn
+    parts = [
+        {"type": "input_image", "image_url": data_url(i), "detail": "auto"} for i in _images(turn)
+    ]
+    return _with_parts(turn, parts, {"type": "input_text", "text": turn["content"]})
+
+
+def anthropic_turn(turn: Turn) -> Turn:
+    """Anthropic Messages: base64 `image` blocks next to a `text` block."""
+    if "images" not in turn:
+        return turn
+    parts = [
+        {"type": "image", "source": {"type": "base64", "media_type": i["type"], "data": i["data"]}}
+        for i in _images(turn)
+    ]
+    return _with_parts(turn, parts, {"type": "text", "text": turn["content"]})
+
+
 class ChatCompletions:
     name = "chat_completions"
     path = "/chat/completions"
@@ -473,7 +524,7 @@ class ChatCompletions:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
-            "messages": _plain_turns(messages),
+            "messages": [chat_completions_turn(m) for m in _plain_turns(messages)],
             "stream": True,
             "stream_options": {"include_usage": True},
             **_sampling(options),
@@ -582,7 +633,7 @@ class Responses:
             if turn["role"] == "assistant" and turn.get("items"):
                 items.extend(turn["items"])
             else:
-                items.append({"role": turn["role"], "content": turn["content"]})
+                items.append(responses_turn({k: v for k, v in turn.items() if k != "items"}))
         return items
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
@@ -836,7 +887,9 @@ class AnthropicMessages:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": model,
-            "messages": [m for m in _plain_turns(messages) if m["role"] != "system"],
+            "messages": [
+                anthropic_turn(m) for m in _plain_turns(messages) if m["role"] != "system"
+            ],
             "max_tokens": options.max_output_tokens or self.DEFAULT_MAX_TOKENS,
             "stream": True,
             **_sampling(options),

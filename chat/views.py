@@ -33,6 +33,7 @@ from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_POST
 
 from chat import titles
+from chat.attachments import images_by_model
 from chat.capabilities import api_style, efforts_by_model
 from chat.catalog import default_among, is_offered, models_listed
 from chat.forms import ConversationSettingsForm, UserSettingsForm
@@ -79,6 +80,7 @@ def _messages_context(request: HttpRequest, conversation: Conversation | None) -
         conversation.messages.filter(id__in=shown)
         .select_related("usage")
         .defer("output_items")  # what the model gets back, never the page
+        .prefetch_related("attachments")
         .order_by()
     )
     by_id = {message.id: message for message in rows}
@@ -112,6 +114,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         "responses_api": style == "responses",
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         **_settings_panel(conversation, picker["models"]),
+        **_attach_button(conversation, picker["models"]),
     }
     return render(request, "chat/chat.html", context)
 
@@ -147,6 +150,16 @@ def _settings_panel(conversation: Conversation | None, models: list[str]) -> dic
         "settings_form": ConversationSettingsForm(initial=values),
         "settings_summary": values["summary"] if values else "Default settings",
         "model_efforts": efforts_by_model(models),
+    }
+
+
+def _attach_button(conversation: Conversation | None, models: list[str]) -> dict[str, Any]:
+    """The attach button's context: which models take images, and the limits."""
+    offered = [*models, conversation.model] if conversation and conversation.model else models
+    return {
+        "model_images": images_by_model(offered),
+        "max_images": settings.CHAT_MAX_IMAGES,
+        "max_image_bytes": settings.CHAT_MAX_IMAGE_BYTES,
     }
 
 

@@ -41,6 +41,14 @@ def envlimit(name: str, default: int) -> int:
     return value
 
 
+def envcount(name: str, default: int) -> int:
+    """A whole number, 1 or more."""
+    value = envint(name, default)
+    if value < 1:
+        raise ImproperlyConfigured(f"{name} must be 1 or more, not {value}")
+    return value
+
+
 def envfloat(name: str, default: float) -> float:
     value = os.getenv(name, "").strip()
     if not value:
@@ -340,6 +348,11 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Uploaded images (chat.attachments): files under MEDIA_ROOT, served only to their owner by
+# chat.views (never as static files: there is no MEDIA_URL). Several processes must share
+# it (docker-compose.yml mounts one volume into every app container).
+MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", "").strip() or BASE_DIR / "data" / "media")
+
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -381,6 +394,15 @@ CHAT_ANSWER_RESERVE_TOKENS = envint("CHAT_ANSWER_RESERVE_TOKENS", 16384)
 # means the conversation's own) for a short title (chat.titles, docs/usage.md).
 CHAT_TITLES = envbool("CHAT_TITLES", "true")
 CHAT_TITLE_MODEL = os.getenv("CHAT_TITLE_MODEL", "").strip()
+
+# Images a user may attach (chat.attachments, docs/protocol.md "Attachments"): the largest
+# file, the most per message, and the most uploaded and not sent yet per user.
+CHAT_MAX_IMAGE_BYTES = envcount("CHAT_MAX_IMAGE_BYTES", 10 * 1024 * 1024)
+CHAT_MAX_IMAGES = envcount("CHAT_MAX_IMAGES", 4)
+CHAT_MAX_PENDING_IMAGES = envcount("CHAT_MAX_PENDING_IMAGES", 20)
+# Models that take images where the upstream's model list does not say (its
+# `input_modalities`): ids or id prefixes, comma-separated; empty: none.
+CHAT_IMAGE_MODELS = [m.strip() for m in os.getenv("CHAT_IMAGE_MODELS", "").split(",") if m.strip()]
 
 # The most a conversation's "max output tokens" setting may ask for; a larger setting also
 # keeps that much room for the answer in the context window.

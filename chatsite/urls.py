@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import reports, views
+from chat import attachment_views, reports, views
 from chat.models import UsageDay
 
 # The usage report is the UsageDay changelist, kept at the address the docs give.
@@ -15,6 +15,18 @@ urlpatterns = [
     path("c/<int:conversation_id>/rename/", views.rename, name="rename_conversation"),
     path("c/<int:conversation_id>/delete/", views.delete, name="delete_conversation"),
     path("c/<int:conversation_id>/settings/", views.save_settings, name="conversation_settings"),
+    path("attachments/", attachment_views.upload, name="attachments"),
+    path("attachments/<int:attachment_id>/", attachment_views.image, name="attachment"),
+    path(
+        "attachments/<int:attachment_id>/thumb/",
+        attachment_views.thumbnail,
+        name="attachment_thumbnail",
+    ),
+    path(
+        "attachments/<int:attachment_id>/delete/",
+        attachment_views.remove,
+        name="attachment_delete",
+    ),
     path("settings/", views.user_settings, name="settings"),
     path("settings/password/", views.PasswordChangeView.as_view(), name="password_change"),
     path("setup/", views.setup, name="setup"),

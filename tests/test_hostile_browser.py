@@ -156,8 +156,8 @@ INSPECT = """(args) => {
     }
   }
   for (const script of document.scripts) {
-    // The page's own data (#token-counters, #model-efforts) is JSON, which a browser never runs.
-    if (script.type === "application/json" && ["token-counters", "model-efforts"].includes(script.id)) continue;
+    // The page's own data (#token-counters, #model-efforts, #model-images) is JSON, which a browser never runs.
+    if (script.type === "application/json" && ["token-counters", "model-efforts", "model-images"].includes(script.id)) continue;
     if (!script.src.startsWith(location.origin + "/static/")) found.push(`script ${script.src || "inline"}`);
   }
   return found;

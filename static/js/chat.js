@@ -228,9 +228,10 @@ function buildAssistantArticle(id) {
   return cloneMessage(assistantTemplate, id);
 }
 
-function buildUserArticle(id, text) {
+function buildUserArticle(id, text, attachments = []) {
   const article = cloneMessage(userTemplate, id);
   article.querySelector(".content").textContent = text;
+  showAttachments(article, attachments);
   return article;
 }
 
@@ -391,7 +392,7 @@ function updateStopButton() {
 }
 
 function updateSendButton() {
-  sendButton.disabled = !promptEl.value.trim() || pending !== null;
+  sendButton.disabled = !promptEl.value.trim() || pending !== null || uploadsInFlight();
 }
 
 // ---------------------------------------------------------------- sidebar
@@ -611,6 +612,7 @@ function onMessageStart(frame) {
   if (pending !== null && frame.client_id === pending.frame.client_id) {
     // Taken: the composer empties, unless its text was changed meanwhile.
     if (pending.content !== null && promptEl.value === pending.content) promptEl.value = "";
+    clearSentAttachments(pending.frame.attachments || []);
     pending = null;
     updateSendButton();
   }
@@ -682,7 +684,7 @@ function showNewBranch(frame) {
     const parent = user.parent_id === null ? null : findArticle(user.parent_id);
     if (user.parent_id !== null && !parent) return false;
     removeArticlesAfter(parent);
-    userArticle = buildUserArticle(user.id, user.content);
+    userArticle = buildUserArticle(user.id, user.content, user.attachments || []);
     appendArticle(userArticle);
   } else {
     removeArticlesAfter(userArticle);
@@ -806,6 +808,9 @@ function submitPrompt() {
   const olderPage = document.getElementById("latest-messages") !== null;
   if (currentConversationId !== null && last && !olderPage) frame.parent_id = toId(last.dataset.messageId);
   if (currentConversationId === null) frame.settings = panelSettings(); // see "conversation settings"
+  const attachments = attachmentIdsToSend(); // see "attachments"
+  if (attachments === null) return;
+  if (attachments.length) frame.attachments = attachments;
   requestAnswer(frame, content);
 }
 
@@ -1018,6 +1023,240 @@ function initSettingsPanel() {
   modelPicker.addEventListener("change", updateEffortField);
 }
 
+// ---------------------------------------------------------------- attachments
+// Images for the next message (docs/protocol.md, "Attachments"): chosen with the attach
+// button, pasted or dropped onto the composer, each uploaded at once (POST /attachments/),
+// shown as a thumbnail with a remove button, and sent as the `send` frame's `attachments`.
+// Offered only for the models that take images (#model-images, chat.attachments).
+
+const attachButton = document.getElementById("attach-button");
+const attachInput = document.getElementById("attach-input");
+const pendingAttachmentsEl = document.getElementById("pending-attachments");
+// {model: true/false}: whether it takes images.
+const modelImages = JSON.parse(document.getElementById("model-images")?.textContent ?? "{}");
+const MAX_IMAGES = Number(composer.dataset.maxImages) || 4;
+const MAX_IMAGE_BYTES = Number(composer.dataset.maxImageBytes) || 10 * 1024 * 1024;
+const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/webp", "image/gif"]);
+const ATTACHMENT_PATH = /^\/attachments\/\d+\/(thumb\/)?$/;
+// The composer's images, in order: {id (null while it uploads), chip}.
+const composerAttachments = [];
+
+function modelTakesImages() {
+  return Boolean(modelImages[modelPicker.value]);
+}
+
+function uploadsInFlight() {
+  return composerAttachments.some((item) => item.id === null);
+}
+
+// The button says why it is off: the model takes no images, or the message has its most.
+function updateAttachButton() {
+  const takes = modelTakesImages();
+  const full = composerAttachments.length >= MAX_IMAGES;
+  attachButton.disabled = !takes || full;
+  if (!takes) attachButton.title = `${modelPicker.value} does not take images: choose a model that does to attach some.`;
+  else if (full) attachButton.title = `A message may have at most ${MAX_IMAGES} images.`;
+  else attachButton.title = "Attach images (PNG, JPEG, WebP or GIF)";
+}
+
+function megabytes(bytes) {
+  return `${(bytes / 1048576).toFixed(bytes % 1048576 ? 1 : 0)} MiB`;
+}
+
+// Files the user attached, pasted or dropped: the images are uploaded, the rest refused.
+function addImages(files) {
+  for (const file of files) {
+    if (!modelTakesImages()) {
+      showNotice(`${modelPicker.value} does not take images: choose a model that does to attach some.`);
+      return;
+    }
+    if (composerAttachments.length >= MAX_IMAGES) {
+      showNotice(`A message may have at most ${MAX_IMAGES} images.`);
+      return;
+    }
+    if (!IMAGE_TYPES.has(file.type)) showNotice(`${file.name || "That file"} is not a PNG, JPEG, WebP or GIF image.`);
+    else if (file.size > MAX_IMAGE_BYTES) showNotice(`${file.name || "That image"} is too large: the most is ${megabytes(MAX_IMAGE_BYTES)}.`);
+    else uploadImage(file);
+  }
+}
+
+function buildAttachmentChip() {
+  const chip = document.createElement("span");
+  chip.className = "attachment-chip";
+  chip.dataset.state = "uploading";
+  const status = document.createElement("span");
+  status.className = "attachment-status";
+  status.textContent = "Uploading…";
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "attachment-remove";
+  remove.textContent = "×";
+  remove.setAttribute("aria-label", "Remove image");
+  chip.append(status, remove);
+  return chip;
+}
+
+function showChipThumbnail(chip, uploaded) {
+  const image = document.createElement("img");
+  image.alt = `Image to send, ${uploaded.width} × ${uploaded.height}`;
+  if (ATTACHMENT_PATH.test(uploaded.thumbnail_url)) image.src = uploaded.thumbnail_url;
+  chip.querySelector(".attachment-status").replaceWith(image);
+  chip.dataset.state = "ready";
+  chip.dataset.attachmentId = String(uploaded.id);
+}
+
+async function uploadImage(file) {
+  const item = { id: null, chip: buildAttachmentChip() };
+  composerAttachments.push(item);
+  pendingAttachmentsEl.append(item.chip);
+  pendingAttachmentsEl.hidden = false;
+  updateAttachButton();
+  updateSendButton();
+  const body = new FormData();
+  body.append("file", file);
+  let response = null;
+  let answer = null;
+  try {
+    response = await fetch(composer.dataset.uploadUrl, {
+      method: "POST", body, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() },
+    });
+    answer = await response.json().catch(() => null);
+  } catch {
+    // the server could not be reached: said below
+  }
+  const removed = !composerAttachments.includes(item);
+  if (!response || !response.ok || !answer || !Number.isInteger(answer.id)) {
+    if (!removed) dropAttachment(item);
+    const reason = answer?.error || (response ? `the server answered ${response.status}` : "the server could not be reached");
+    showNotice(`${file.name || "The image"} was not attached: ${reason}`);
+    return;
+  }
+  if (removed) {
+    deleteUpload(answer.id); // removed while it uploaded
+    return;
+  }
+  item.id = answer.id;
+  showChipThumbnail(item.chip, answer);
+  updateSendButton();
+}
+
+function dropAttachment(item) {
+  const index = composerAttachments.indexOf(item);
+  if (index >= 0) composerAttachments.splice(index, 1);
+  item.chip.remove();
+  pendingAttachmentsEl.hidden = composerAttachments.length === 0;
+  updateAttachButton();
+  updateSendButton();
+}
+
+// The server forgets a removed upload (it would otherwise count against the pending cap).
+function deleteUpload(id) {
+  fetch(`${composer.dataset.uploadUrl}${id}/delete/`, {
+    method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() },
+  }).catch(() => {});
+}
+
+function onPendingAttachmentsClick(event) {
+  const button = event.target.closest(".attachment-remove");
+  if (!button) return;
+  const item = composerAttachments.find((candidate) => candidate.chip.contains(button));
+  if (!item) return;
+  dropAttachment(item);
+  if (item.id !== null) deleteUpload(item.id);
+}
+
+// The ids a send takes along; null (and the user told why) when it cannot go yet.
+function attachmentIdsToSend() {
+  if (composerAttachments.length === 0) return [];
+  if (uploadsInFlight()) {
+    showNotice("Wait for the images to finish uploading.");
+    return null;
+  }
+  if (!modelTakesImages()) {
+    showNotice(`${modelPicker.value} does not take images: choose a model that does, or remove them.`);
+    return null;
+  }
+  return composerAttachments.map((item) => item.id);
+}
+
+// A send was taken: its images leave the composer (they belong to the message now).
+function clearSentAttachments(ids) {
+  for (const item of composerAttachments.filter((candidate) => ids.includes(candidate.id))) dropAttachment(item);
+}
+
+// A message's images (message.start's `user_message.attachments`, or the page's own
+// markup): thumbnails linking to the full image, opened in a new tab.
+function showAttachments(article, attachments) {
+  const box = article.querySelector(".attachments");
+  if (!box) return;
+  box.replaceChildren();
+  for (const attachment of attachments) {
+    if (!ATTACHMENT_PATH.test(attachment.url) || !ATTACHMENT_PATH.test(attachment.thumbnail_url)) continue;
+    const link = document.createElement("a");
+    link.className = "attachment";
+    link.href = attachment.url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.dataset.attachmentId = String(attachment.id);
+    const image = document.createElement("img");
+    image.src = attachment.thumbnail_url;
+    image.alt = `Attached image, ${attachment.width} × ${attachment.height}`;
+    link.append(image);
+    box.append(link);
+  }
+  box.hidden = box.childElementCount === 0;
+}
+
+function imageFiles(list) {
+  return [...(list || [])].filter((file) => file.type.startsWith("image/"));
+}
+
+function onAttachInputChange() {
+  addImages([...attachInput.files]);
+  attachInput.value = ""; // the same file may be chosen again
+}
+
+// Pasted images are attached; pasted text still goes into the box as usual.
+function onPromptPaste(event) {
+  const files = imageFiles(event.clipboardData?.files);
+  if (files.length === 0) return;
+  if (!event.clipboardData.types.includes("text/plain")) event.preventDefault();
+  addImages(files);
+}
+
+function draggingFiles(event) {
+  return Boolean(event.dataTransfer?.types?.includes("Files"));
+}
+
+function onComposerDragOver(event) {
+  if (!draggingFiles(event)) return;
+  event.preventDefault();
+  composer.classList.add("dropping");
+}
+
+function onComposerDragLeave() {
+  composer.classList.remove("dropping");
+}
+
+function onComposerDrop(event) {
+  if (!draggingFiles(event)) return;
+  event.preventDefault();
+  composer.classList.remove("dropping");
+  addImages([...event.dataTransfer.files]);
+}
+
+function initAttachments() {
+  updateAttachButton();
+  attachButton.addEventListener("click", () => attachInput.click());
+  attachInput.addEventListener("change", onAttachInputChange);
+  pendingAttachmentsEl.addEventListener("click", onPendingAttachmentsClick);
+  promptEl.addEventListener("paste", onPromptPaste);
+  composer.addEventListener("dragover", onComposerDragOver);
+  composer.addEventListener("dragleave", onComposerDragLeave);
+  composer.addEventListener("drop", onComposerDrop);
+  modelPicker.addEventListener("change", updateAttachButton);
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
@@ -1032,6 +1271,7 @@ function init() {
   messagesEl.addEventListener("click", onMessagesClick);
   noticeDismiss.addEventListener("click", hideNotice);
   initSettingsPanel();
+  initAttachments();
   connect();
 }
 
