@@ -10,6 +10,7 @@ dependencies (see the Makefile). tests/llamacpp_server.py is the process that se
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import selectors
 import subprocess
@@ -79,7 +80,7 @@ def llama_server(model: Path, api_key: str, log: Path) -> Iterator[LlamaServer]:
     with open(log, "ab") as err:
         process = subprocess.Popen(
             [sys.executable, str(SERVE), str(model), MODEL_ID, str(MAX_ANSWER_TOKENS)],
-            env={"LLAMA_API_KEY": api_key, "PATH": "/usr/bin:/bin"},
+            env={**_environment(), "LLAMA_API_KEY": api_key},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -98,6 +99,11 @@ def llama_server(model: Path, api_key: str, log: Path) -> Iterator[LlamaServer]:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _environment() -> dict[str, str]:
+    """This process's environment less what could change how llama.cpp loads or runs."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "GGML_", "HF_"))}
 
 
 def _listening_address(process: subprocess.Popen[bytes], log: Path) -> str:

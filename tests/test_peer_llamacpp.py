@@ -144,6 +144,7 @@ async def test_alice_streams_two_answers_from_llama_cpp_each_saved_with_the_toke
     assert first.api_style == "chat_completions" and first.requested_model == MODEL_ID
     assert first.model == MODEL_ID and first.response_id.startswith("chatcmpl-")
     # The server's own report, stored as it came.
+    assert first.raw_usage is not None
     assert first.raw_usage["completion_tokens"] == spent["completion_tokens"]
 
     # The second turn sends the first one again: llama.cpp serves it from its cache and
