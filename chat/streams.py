@@ -34,6 +34,7 @@ from chat import frames
 from chat.billing import TOKEN_FIELDS, Price
 from chat.capabilities import allowed_options
 from chat.models import Message, OpenSocket, Usage, streams_started_after
+from chat.search import answer_sources
 from chat.upstream import Answer, Delta, RequestOptions, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -285,14 +286,17 @@ class AnswerRun:
         # told of the answer only then, or their requests for a snapshot would go unheard.
         self.listening = asyncio.Event()
         self.layer = channel_layer()
-        # The asking socket's frames: deltas read while the last frame went out are joined.
+        # The asking socket's frames: deltas read while the last frame went out are joined;
+        # tool statuses go out each, after that text.
         self._outbox = Delta()
+        self._outbox_tools: list[frames.Frame] = []
         self._outbox_ready = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
         # The group's: only once another socket follows the answer (it asked for a snapshot).
         self._watched = False
         self._pending = Delta()
+        self._pending_tools: list[frames.Frame] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         # The content and reasoning lengths already in the group.
         self._sent_to_group = [len(prefix), 0]
@@ -364,20 +368,26 @@ class AnswerRun:
     # -- helpers ---------------------------------------------------------------------
 
     def _emit(self, delta: Delta) -> None:
+        tool = frames.tool_status(delta.tool) if delta.tool is not None else None
         if self._send is not None:
             self._outbox.content += delta.content
             self._outbox.reasoning += delta.reasoning
+            if tool is not None:
+                self._outbox_tools.append(tool)
             self._outbox_ready.set()
             if self._sender is None:
                 self._sender = asyncio.create_task(self._send_loop())
         self._maybe_checkpoint()
         if not self._watched:
-            # Nobody else follows: the text only moves the group's offsets along.
+            # Nobody else follows: the text only moves the group's offsets along (a tab
+            # that comes gets the tools' statuses with its snapshot).
             self._sent_to_group[0] += len(delta.content)
             self._sent_to_group[1] += len(delta.reasoning)
             return
         self._pending.content += delta.content
         self._pending.reasoning += delta.reasoning
+        if tool is not None:
+            self._pending_tools.append(tool)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(GROUP_FLUSH_SECONDS, self._schedule_flush)
@@ -389,14 +399,18 @@ class AnswerRun:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             out, self._outbox = self._outbox, Delta()
+            tools, self._outbox_tools = self._outbox_tools, []
             parts = frames.deltas(self.message_id, out.content, out.reasoning)
+            parts += [frames.tool(self.message_id, status) for status in tools]
             if parts and self._send is not None:
                 try:
                     await self._send(parts)
                 except Exception:  # the socket went away between two deltas
                     self._send = None
                     self.origin = None
-            if self._closing and not (self._outbox.content or self._outbox.reasoning):
+            if self._closing and not (
+                self._outbox.content or self._outbox.reasoning or self._outbox_tools
+            ):
                 return
 
     def _maybe_checkpoint(self) -> None:
@@ -423,7 +437,8 @@ class AnswerRun:
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, Delta()
-        if not (pending.content or pending.reasoning):
+        tools, self._pending_tools = self._pending_tools, []
+        if not (pending.content or pending.reasoning or tools):
             return
         content_offset, reasoning_offset = self._sent_to_group
         self._sent_to_group = [
@@ -440,6 +455,7 @@ class AnswerRun:
                     content_offset,
                     reasoning_offset,
                     self.origin,
+                    tools,
                 ),
             )
         except Exception as exc:  # watchers see the gap by its offsets and ask for a snapshot
@@ -493,8 +509,13 @@ class AnswerRun:
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
 
     def snapshot_event(self) -> dict[str, Any]:
+        tools = [frames.tool_status(status) for status in self.answer.tool_calls_seen.values()]
         return frames.chat_snapshot(
-            self.message_id, self.conversation_id, self.answer.content, self.answer.reasoning
+            self.message_id,
+            self.conversation_id,
+            self.answer.content,
+            self.answer.reasoning,
+            tools,
         )
 
     async def _finish(self, state: str, error: str, started: float) -> None:
@@ -529,6 +550,7 @@ class AnswerRun:
             "finish_reason": answer.finish_reason[:50],
             "ttft_ms": ttft_ms,
             "duration_ms": duration_ms,
+            "citations": answer_sources(answer.citations, answer.all_citations),
         }
         await self._save(fields, usage_fields)
 

@@ -224,6 +224,8 @@ class RequestOptions:
     top_p: float | None = None
     max_output_tokens: int | None = None
     reasoning_effort: str | None = None
+    # Server-side tools ({"type": "web_search", ...}: chat.search), Responses API only.
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 NO_OPTIONS = RequestOptions()
@@ -519,6 +521,8 @@ class Responses:
             body["max_output_tokens"] = options.max_output_tokens
         if options.reasoning_effort:
             body["reasoning"] = {"effort": options.reasoning_effort}
+        if options.tools:
+            body["tools"] = [dict(tool) for tool in options.tools]
         return body
 
     def feed(self, event: ServerSentEvent, answer: Answer) -> Delta | None:
