@@ -286,10 +286,10 @@ class AnswerRun:
         # told of the answer only then, or their requests for a snapshot would go unheard.
         self.listening = asyncio.Event()
         self.layer = channel_layer()
-        # The asking socket's frames: deltas read while the last frame went out are joined;
-        # tool statuses go out each, after that text.
+        # The asking socket's frames: deltas read while the last frame went out are joined
+        # (_outbox); a tool status goes after the text before it (_outbox_frames).
         self._outbox = Delta()
-        self._outbox_tools: list[frames.Frame] = []
+        self._outbox_frames: list[frames.Frame] = []
         self._outbox_ready = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
@@ -298,6 +298,7 @@ class AnswerRun:
         self._pending = Delta()
         self._pending_tools: list[frames.Frame] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._group_sends = asyncio.Lock()  # the group's events go out in the order taken
         # The content and reasoning lengths already in the group.
         self._sent_to_group = [len(prefix), 0]
         self._checkpointed_at = time.monotonic()
@@ -373,7 +374,9 @@ class AnswerRun:
             self._outbox.content += delta.content
             self._outbox.reasoning += delta.reasoning
             if tool is not None:
-                self._outbox_tools.append(tool)
+                text, self._outbox = self._outbox, Delta()
+                self._outbox_frames += frames.deltas(self.message_id, text.content, text.reasoning)
+                self._outbox_frames.append(frames.tool(self.message_id, tool))
             self._outbox_ready.set()
             if self._sender is None:
                 self._sender = asyncio.create_task(self._send_loop())
@@ -387,8 +390,10 @@ class AnswerRun:
         self._pending.content += delta.content
         self._pending.reasoning += delta.reasoning
         if tool is not None:
+            # The status and the text before it go now: the text after it follows it.
             self._pending_tools.append(tool)
-        if self._flush_handle is None:
+            self._flush_now()
+        elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(GROUP_FLUSH_SECONDS, self._schedule_flush)
 
@@ -399,9 +404,8 @@ class AnswerRun:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             out, self._outbox = self._outbox, Delta()
-            tools, self._outbox_tools = self._outbox_tools, []
-            parts = frames.deltas(self.message_id, out.content, out.reasoning)
-            parts += [frames.tool(self.message_id, status) for status in tools]
+            parts, self._outbox_frames = self._outbox_frames, []
+            parts += frames.deltas(self.message_id, out.content, out.reasoning)
             if parts and self._send is not None:
                 try:
                     await self._send(parts)
@@ -409,7 +413,7 @@ class AnswerRun:
                     self._send = None
                     self.origin = None
             if self._closing and not (
-                self._outbox.content or self._outbox.reasoning or self._outbox_tools
+                self._outbox.content or self._outbox.reasoning or self._outbox_frames
             ):
                 return
 
@@ -433,33 +437,49 @@ class AnswerRun:
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
-        asyncio.create_task(self._flush()).add_done_callback(_log_failure)
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        """Send the watchers what is pending: taken now, sent after the events before it."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        event = self._take_pending()
+        if event is not None:
+            asyncio.create_task(self._send_to_group(event)).add_done_callback(_log_failure)
 
     async def _flush(self) -> None:
+        event = self._take_pending()
+        if event is not None:
+            await self._send_to_group(event)
+
+    def _take_pending(self) -> frames.Frame | None:
+        """The chat.delta event of what is pending for the watchers (None: nothing is)."""
         pending, self._pending = self._pending, Delta()
         tools, self._pending_tools = self._pending_tools, []
         if not (pending.content or pending.reasoning or tools):
-            return
+            return None
         content_offset, reasoning_offset = self._sent_to_group
         self._sent_to_group = [
             content_offset + len(pending.content),
             reasoning_offset + len(pending.reasoning),
         ]
-        try:
-            await self.layer.group_send(
-                viewers_group(self.conversation_id),
-                frames.chat_delta(
-                    self.message_id,
-                    pending.content,
-                    pending.reasoning,
-                    content_offset,
-                    reasoning_offset,
-                    self.origin,
-                    tools,
-                ),
-            )
-        except Exception as exc:  # watchers see the gap by its offsets and ask for a snapshot
-            logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
+        return frames.chat_delta(
+            self.message_id,
+            pending.content,
+            pending.reasoning,
+            content_offset,
+            reasoning_offset,
+            self.origin,
+            tools,
+        )
+
+    async def _send_to_group(self, event: frames.Frame) -> None:
+        async with self._group_sends:  # (an asyncio.Lock lets its waiters in, in order)
+            try:
+                await self.layer.group_send(viewers_group(self.conversation_id), event)
+            except Exception as exc:  # watchers see a gap by its offsets and ask for a snapshot
+                logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
 
     async def _listen(self, channel: str) -> None:
         """Stop and snapshot requests from any process, through the group `ctl_<id>`.
