@@ -498,3 +498,56 @@ async def test_a_hostile_citation_url_is_not_rendered_as_a_link(responses, alice
     assert chips[3]["text"] == "4 ok.example"
     assert chips[3]["title"] == "Title 3"
     assert b"<script>alert" not in page and b'href="javascript' not in page.lower()
+
+
+# -- the composer's toggles -----------------------------------------------------------------
+
+
+def toggles_of(client: Client) -> dict[str, dict[str, str | None]]:
+    """The page's search toggles: each checkbox's attributes, by its data-search."""
+
+    class Toggles(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: dict[str, dict[str, str | None]] = {}
+            self.title: str | None = None
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            attributes = dict(attrs)
+            if tag == "label" and attributes.get("class") == "search-toggle":
+                self.title = attributes.get("title")
+            elif tag == "input" and attributes.get("data-search"):
+                self.found[attributes["data-search"] or ""] = {**attributes, "label": self.title}
+
+    response = client.get("/")
+    assert response.status_code == 200
+    parser = Toggles()
+    parser.feed(response.content.decode())
+    return parser.found
+
+
+def test_the_toggles_are_off_and_usable_with_the_responses_api(client, alice, settings):
+    settings.XAI_API_STYLE = "responses"
+    client.force_login(alice)
+    toggles = toggles_of(client)
+
+    assert list(toggles) == ["web", "x"]
+    for toggle in toggles.values():
+        assert "checked" not in toggle and "disabled" not in toggle
+        assert toggle["label"] is None and "aria-description" not in toggle
+
+
+def test_the_toggles_say_why_they_are_disabled(client, alice, settings):
+    settings.XAI_API_STYLE = "chat_completions"
+    client.force_login(alice)
+    reason = "Web and X search need xAI's Responses API."
+    for toggle in toggles_of(client).values():
+        assert "disabled" in toggle
+        assert toggle["aria-description"] == toggle["label"] == reason
+
+    settings.XAI_API_STYLE = "responses"
+    SiteSettings.objects.create(pk=1, x_search_enabled=False)
+    toggles = toggles_of(client)
+    assert "disabled" not in toggles["web"]
+    assert "disabled" in toggles["x"]
+    assert toggles["x"]["aria-description"] == "X search is turned off on this site by an admin."
