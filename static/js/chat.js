@@ -1092,7 +1092,9 @@ function toolLabel(status) {
 
 function renderToolCalls(entry) {
   const list = entry.article.querySelector(".tool-calls");
-  if (!list) return;
+  // Rebuilt only when a status changed, not for each delta of text.
+  if (!list || list.dataset.shown === toolsKey(entry)) return;
+  list.dataset.shown = toolsKey(entry);
   const items = [];
   for (const [id, status] of entry.tools) {
     const item = document.createElement("li");
@@ -1114,6 +1116,10 @@ function renderToolCalls(entry) {
   }
   list.replaceChildren(...items);
   list.hidden = items.length === 0;
+}
+
+function toolsKey(entry) {
+  return JSON.stringify([...entry.tools]);
 }
 
 // One numbered chip: a link (a new tab, no opener, no referrer) only for an http(s) URL,
