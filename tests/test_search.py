@@ -20,6 +20,7 @@ from django.test import Client
 
 from chat.models import Message, SiteSettings
 from tests.fake_upstream import FakeUpstream, Reply, transcript
+from tests.test_responses_stream import RESPONSE, USAGE, WEB_CALL, X_CALL, x_search_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -379,6 +380,32 @@ async def test_a_tab_that_joins_during_the_answer_gets_the_statuses_so_far(
             "name": "web_search",
             "query": QUERY,
         }
+    ]
+
+
+async def test_each_of_several_tool_calls_in_one_answer_has_its_statuses(
+    responses, alice, socket_for
+):
+    completed = event(
+        "response.completed",
+        response={**RESPONSE, "status": "completed", "usage": USAGE, "output": []},
+    )
+    responses.queue(Reply(body=x_search_stream() + completed))
+    socket = await socket_for(alice)
+    end, frames = await ask(socket, search={"web": True, "x": True})
+
+    assert tool_frames(frames) == [
+        (X_CALL, "x_search", "in_progress", ""),
+        (X_CALL, "x_search", "searching", "from:xai filter:media"),
+        (WEB_CALL, "web_search", "in_progress", ""),
+        (WEB_CALL, "web_search", "searching", ""),
+        (WEB_CALL, "web_search", "completed", ""),
+        (WEB_CALL, "web_search", "completed", "xai news"),
+        (X_CALL, "x_search", "completed", "from:xai filter:media"),
+    ]
+    assert end["citations"] == [
+        {"url": "https://x.com/xai/status/1", "title": "1"},
+        {"url": "https://x.ai/news"},
     ]
 
 
