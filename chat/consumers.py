@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,11 +23,11 @@ from django.db import transaction
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
-from chat import frames, titles
+from chat import frames, search, titles
 from chat.forms import settings_from_frame
 from chat.frames import Frame
 from chat.limits import SOCKETS
-from chat.models import Conversation, Message, Usage
+from chat.models import Conversation, Message, SiteSettings, Usage
 from chat.services import (
     Refused,
     ResentAnswer,
@@ -357,6 +358,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         conversation_settings = self._new_conversation_settings(content, conversation_id)
         attachment_ids = self._attachments_field(content)
         self._check_api_key()
+        tools = await self._search_tools(content)
         started = await database_sync_to_async(start_answer)(
             self.user,
             self.session_key,
@@ -368,7 +370,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             conversation_settings=conversation_settings,
             attachment_ids=attachment_ids,
         )
-        await self._begin(started, client_id, announce=conversation_id is None)
+        await self._begin(started, client_id, announce=conversation_id is None, tools=tools)
 
     async def edit(self, content: dict[str, Any]) -> None:
         edited = self._int_field(content, "message_id")
@@ -377,6 +379,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         model, client_id = self._model_field(content), self._client_id_field(content)
         attachment_ids = self._attachments_field(content)
         self._check_api_key()
+        tools = await self._search_tools(content)
         started = await database_sync_to_async(start_answer)(
             self.user,
             self.session_key,
@@ -387,17 +390,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             edit_of=edited,
             attachment_ids=attachment_ids,
         )
-        await self._begin(started, client_id, announce=False)
+        await self._begin(started, client_id, announce=False, tools=tools)
 
     async def answer_again(self, content: dict[str, Any], purpose: str) -> None:
         answer_id = self._int_field(content, "message_id")
-        model = self._model_field(content) if purpose == Usage.Purpose.REGENERATE else None
+        regenerate = purpose == Usage.Purpose.REGENERATE
+        model = self._model_field(content) if regenerate else None
         client_id = self._client_id_field(content)
         self._check_api_key()
+        tools = await self._search_tools(content) if regenerate else ()
         started = await database_sync_to_async(answer_again)(
             self.user, self.session_key, answer_id, purpose, model, client_id
         )
-        await self._begin(started, client_id, announce=False)
+        await self._begin(started, client_id, announce=False, tools=tools)
 
     async def switch(self, message_id: int) -> None:
         conversation_id, path = await database_sync_to_async(select_branch)(self.user, message_id)
@@ -409,10 +414,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(frames.branch(conversation_id, message_id, path))
 
     async def _begin(
-        self, started: StartedAnswer | ResentAnswer, client_id: str | None, announce: bool
+        self,
+        started: StartedAnswer | ResentAnswer,
+        client_id: str | None,
+        announce: bool,
+        tools: tuple[dict[str, Any], ...] = (),
     ) -> None:
-        """Start the answer a request saved and show it here and in the other tabs (or, for
-        a request sent again, show the answer its first try started)."""
+        """Start the answer a request saved, with the server-side `tools` it asked for, and
+        show it here and in the other tabs (or, for a request sent again, show the answer
+        its first try started)."""
         if isinstance(started, ResentAnswer):
             await self.attach(started, client_id, announce=announce)
             return
@@ -428,7 +438,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             price=started.price,
             purpose=answer.purpose,
             prefix=answer.content,
-            options=started.options,
+            options=dataclasses.replace(started.options, tools=tools),
         )
         if titles.wanted(conversation, started.user_message, answer):
             run.after_complete = titles.after_first_answer
@@ -603,6 +613,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except ValidationError as exc:
             raise Refused("bad_frame", " ".join(exc.messages)) from None
 
+    async def _search_tools(self, content: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        """The tools a request's `search` asks for, with the site's filters; refused when
+        the API style has no search or an admin turned that search off (nothing saved)."""
+        try:
+            choice = search.parse_choice(content.get("search"))
+        except ValueError as exc:
+            raise Refused("bad_frame", str(exc)) from None
+        if not choice.any:
+            return ()
+        if reason := search.unavailable_reason():
+            raise Refused("search_unavailable", reason)
+        site = await database_sync_to_async(SiteSettings.current)()
+        try:
+            return site.search_tools(choice)
+        except ValueError as exc:
+            raise Refused("search_unavailable", str(exc)) from None
+
     @database_sync_to_async
     def _owns_conversation(self, conversation_id: int) -> bool:
         found = Conversation.objects.for_user(self.user).filter(id=conversation_id).exists()
@@ -626,7 +653,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         replayed: list[Frame] = []
         room = frames.TEXT_PER_FRAME
         for answer in answers:  # newest first
-            size = len(answer.content) + len(answer.reasoning)
+            size = len(answer.content) + len(answer.reasoning) + _sources_size(answer)
             if size <= room:
                 recent.append(frames.recent_answer(answer))
                 room -= size
@@ -701,7 +728,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         reasoning = event["reasoning"][max(0, known[1] - event["reasoning_offset"]) :]
         known[0] = max(known[0], event["content_offset"] + len(event["content"]))
         known[1] = max(known[1], event["reasoning_offset"] + len(event["reasoning"]))
-        await self.send_frames(frames.deltas(event["message_id"], content, reasoning))
+        parts = frames.deltas(event["message_id"], content, reasoning)
+        parts += [frames.tool(event["message_id"], status) for status in event.get("tools", ())]
+        if parts:
+            await self.send_frames(parts)
 
     async def chat_snapshot(self, event: dict[str, Any]) -> None:
         if event["conversation_id"] != self.watching:
@@ -709,7 +739,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.known[event["message_id"]] = [len(event["content"]), len(event["reasoning"])]
         await self.send_frames(
             frames.snapshot_in_parts(
-                event["message_id"], event["conversation_id"], event["content"], event["reasoning"]
+                event["message_id"],
+                event["conversation_id"],
+                event["content"],
+                event["reasoning"],
+                event.get("tools"),
             )
         )
 
@@ -747,6 +781,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if saved is not None:
                 await self.send_frames(frames.snapshot_in_parts(frame["message_id"], *saved))
         await self.send_json(frame)
+
+
+def _sources_size(answer: Message) -> int:
+    """The characters an answer's sources add to a frame (they count with its text)."""
+    return sum(len(c.get("url", "")) + len(c.get("title", "")) for c in answer.citations or ())
 
 
 class _BadJson:

@@ -15,6 +15,7 @@ from chat.billing import TOKEN_FIELDS
 if TYPE_CHECKING:
     from chat.models import Conversation, Message, Usage
     from chat.services import Siblings
+    from chat.upstream import ToolStatus
 
 Frame = dict[str, Any]
 
@@ -54,24 +55,36 @@ def recent_answer(message: Message) -> Frame:
     }
 
 
-def snapshot(message_id: int, conversation_id: int, content: str, reasoning: str) -> Frame:
-    """`snapshot`: the whole text so far of an answer streaming now (protocol.md)."""
+def snapshot(
+    message_id: int,
+    conversation_id: int,
+    content: str,
+    reasoning: str,
+    tools: list[Frame] | None = None,
+) -> Frame:
+    """`snapshot`: the whole text so far of an answer streaming now, and where each of its
+    tool calls stands (`tools`: tool_status() dicts) (protocol.md)."""
     return {
         "type": "snapshot",
         "message_id": message_id,
         "conversation_id": conversation_id,
         "content": content,
         "reasoning": reasoning,
+        "tools": tools or [],
     }
 
 
 def snapshot_in_parts(
-    message_id: int, conversation_id: int, content: str, reasoning: str
+    message_id: int,
+    conversation_id: int,
+    content: str,
+    reasoning: str,
+    tools: list[Frame] | None = None,
 ) -> list[Frame]:
     """A `snapshot` of the text's beginning, then `delta`s of the rest: frames small
     enough to send (protocol.md, `snapshot`)."""
     half = TEXT_PER_FRAME // 2
-    first = snapshot(message_id, conversation_id, content[:half], reasoning[:half])
+    first = snapshot(message_id, conversation_id, content[:half], reasoning[:half], tools)
     return [first, *deltas(message_id, content[half:], reasoning[half:])]
 
 
@@ -134,6 +147,21 @@ def deltas(message_id: int, content: str, reasoning: str) -> list[Frame]:
     ]
 
 
+# A search query longer than this (an upstream could send any) is cut in a `tool` frame.
+TOOL_QUERY_CHARS = 1000
+
+
+def tool_status(status: ToolStatus) -> Frame:
+    """One tool call's status as `tool` and `snapshot` carry it (protocol.md, `tool`)."""
+    return {**status.as_dict(), "query": status.query[:TOOL_QUERY_CHARS]}
+
+
+def tool(message_id: int, status: Frame) -> Frame:
+    """`tool`: a server-side tool call of the answer (web or X search) changed state
+    (protocol.md); `status` is a tool_status() dict."""
+    return {"type": "tool", "message_id": message_id, **status}
+
+
 def message_end(message: Message, usage: Usage | None) -> Frame:
     """`message.end`: the answer ended, whatever the way (protocol.md)."""
     return {
@@ -147,6 +175,7 @@ def message_end(message: Message, usage: Usage | None) -> Frame:
         "ttft_ms": message.ttft_ms,
         "duration_ms": message.duration_ms,
         "usage": usage_of(usage) if usage else None,
+        "citations": message.citations or [],
     }
 
 
@@ -210,8 +239,10 @@ def chat_delta(
     content_offset: int,
     reasoning_offset: int,
     origin: str | None,
+    tools: list[Frame] | None = None,
 ) -> Frame:
-    """Text for the watchers, with where it starts so that they can see a gap."""
+    """Text for the watchers, with where it starts so that they can see a gap, and the
+    tool statuses (tool_status() dicts) that came with it, in order."""
     return {
         "type": "chat.delta",
         "message_id": message_id,
@@ -220,12 +251,21 @@ def chat_delta(
         "content_offset": content_offset,
         "reasoning_offset": reasoning_offset,
         "origin": origin,
+        "tools": tools or [],
     }
 
 
-def chat_snapshot(message_id: int, conversation_id: int, content: str, reasoning: str) -> Frame:
-    """An answer's whole text so far, for the socket that asked (becomes a `snapshot`)."""
-    return {**snapshot(message_id, conversation_id, content, reasoning), "type": "chat.snapshot"}
+def chat_snapshot(
+    message_id: int,
+    conversation_id: int,
+    content: str,
+    reasoning: str,
+    tools: list[Frame] | None = None,
+) -> Frame:
+    """An answer's whole text so far, and its tool calls' statuses, for the socket that
+    asked (becomes a `snapshot`)."""
+    frame = snapshot(message_id, conversation_id, content, reasoning, tools)
+    return {**frame, "type": "chat.snapshot"}
 
 
 def chat_end(frame: Frame, origin: str | None, content: str, reasoning: str) -> Frame:

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
@@ -20,7 +21,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from chat import billing
+from chat import billing, search
 from chat.tree import Tree
 
 LEAF = object()  # Conversation.start_answer(): after the last message of the active path
@@ -222,6 +223,9 @@ class Message(models.Model):
     finish_reason = models.CharField(max_length=50, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # The sources an answer cites ([{"url", "title"?}], chat.search.answer_sources), saved
+    # with its end: its numbered source chips.
+    citations = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     worker = models.CharField(
         max_length=100, blank=True, help_text="host:pid of the process that streams it"
@@ -1100,12 +1104,100 @@ class SiteSettings(models.Model):
         help_text="sent first in the system prompt of every request, before each user's "
         "custom instructions and the conversation's own system prompt",
     )
+    # Web and X search (chat.search): offered in the composer, with the Responses API only.
+    web_search_enabled = models.BooleanField(
+        default=True, help_text="users may turn on web search for their messages"
+    )
+    web_search_allowed_domains = models.TextField(
+        blank=True,
+        validators=[search.validate_domains],
+        help_text=f"web search looks only at these domains (at most {search.MAX_DOMAINS}, "
+        "one per line, such as example.com); leave empty to search everywhere",
+    )
+    web_search_excluded_domains = models.TextField(
+        blank=True,
+        validators=[search.validate_domains],
+        help_text=f"web search never looks at these domains (at most {search.MAX_DOMAINS}); "
+        "not together with allowed domains",
+    )
+    x_search_enabled = models.BooleanField(
+        default=True, help_text="users may turn on X search for their messages"
+    )
+    x_search_allowed_handles = models.TextField(
+        blank=True,
+        validators=[search.validate_handles],
+        help_text=f"X search considers only posts of these handles (at most "
+        f"{search.MAX_HANDLES}, one per line, such as xai); leave empty for all of X",
+    )
+    x_search_excluded_handles = models.TextField(
+        blank=True,
+        validators=[search.validate_handles],
+        help_text=f"X search ignores posts of these handles (at most {search.MAX_HANDLES}); "
+        "not together with allowed handles",
+    )
 
     class Meta:
         verbose_name = verbose_name_plural = "site settings"
 
     def __str__(self) -> str:
         return "Site settings"
+
+    @classmethod
+    def current(cls) -> SiteSettings:
+        """The row, or the defaults while no admin has saved one."""
+        return cls.objects.filter(pk=1).first() or cls(pk=1)
+
+    def clean(self) -> None:
+        # Saved one per line, as sent: domains lower-cased, handles without their @.
+        for name, tidy in (
+            ("web_search_allowed_domains", search.clean_domains),
+            ("web_search_excluded_domains", search.clean_domains),
+            ("x_search_allowed_handles", search.clean_handles),
+            ("x_search_excluded_handles", search.clean_handles),
+        ):
+            try:
+                setattr(self, name, "\n".join(tidy(getattr(self, name))))
+            except ValidationError:
+                pass  # the field's own validator reports it
+        # xAI takes an allow list or a block list, never both (docs.x.ai, tools/*-search).
+        errors = {}
+        if self.web_search_allowed_domains.strip() and self.web_search_excluded_domains.strip():
+            errors["web_search_excluded_domains"] = (
+                "Set allowed domains or excluded domains, not both: xAI takes one of them."
+            )
+        if self.x_search_allowed_handles.strip() and self.x_search_excluded_handles.strip():
+            errors["x_search_excluded_handles"] = (
+                "Set allowed handles or excluded handles, not both: xAI takes one of them."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def search_tools(self, choice: search.SearchChoice) -> tuple[dict[str, Any], ...]:
+        """The request's tools for the toggles of `choice`, with the site's filters;
+        ValueError saying which one an admin turned off."""
+        off = [
+            name
+            for name, asked, enabled in (
+                ("Web search", choice.web, self.web_search_enabled),
+                ("X search", choice.x, self.x_search_enabled),
+            )
+            if asked and not enabled
+        ]
+        if off:
+            verb = "are" if len(off) > 1 else "is"
+            raise ValueError(f"{' and '.join(off)} {verb} turned off on this site by an admin.")
+        tools = []
+        if choice.web:
+            tools.append(
+                search.web_search_tool(
+                    self.web_search_allowed_domains, self.web_search_excluded_domains
+                )
+            )
+        if choice.x:
+            tools.append(
+                search.x_search_tool(self.x_search_allowed_handles, self.x_search_excluded_handles)
+            )
+        return tuple(tools)
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.pk = 1  # the one row, whatever the form says

@@ -35,6 +35,7 @@ from chat.attachments import load_images
 from chat.billing import TOKEN_FIELDS, Price, images_in, tool_call_count
 from chat.capabilities import allowed_options, api_style
 from chat.models import Message, OpenSocket, Usage, streams_started_after
+from chat.search import answer_sources
 from chat.upstream import Answer, Delta, RequestOptions, Timeouts, Upstream, UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -286,15 +287,19 @@ class AnswerRun:
         # told of the answer only then, or their requests for a snapshot would go unheard.
         self.listening = asyncio.Event()
         self.layer = channel_layer()
-        # The asking socket's frames: deltas read while the last frame went out are joined.
+        # The asking socket's frames: deltas read while the last frame went out are joined
+        # (_outbox); a tool status goes after the text before it (_outbox_frames).
         self._outbox = Delta()
+        self._outbox_frames: list[frames.Frame] = []
         self._outbox_ready = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
         # The group's: only once another socket follows the answer (it asked for a snapshot).
         self._watched = False
         self._pending = Delta()
+        self._pending_tools: list[frames.Frame] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._group_sends = asyncio.Lock()  # the group's events go out in the order taken
         # The content and reasoning lengths already in the group.
         self._sent_to_group = [len(prefix), 0]
         self._checkpointed_at = time.monotonic()
@@ -367,21 +372,31 @@ class AnswerRun:
     # -- helpers ---------------------------------------------------------------------
 
     def _emit(self, delta: Delta) -> None:
+        tool = frames.tool_status(delta.tool) if delta.tool is not None else None
         if self._send is not None:
             self._outbox.content += delta.content
             self._outbox.reasoning += delta.reasoning
+            if tool is not None:
+                text, self._outbox = self._outbox, Delta()
+                self._outbox_frames += frames.deltas(self.message_id, text.content, text.reasoning)
+                self._outbox_frames.append(frames.tool(self.message_id, tool))
             self._outbox_ready.set()
             if self._sender is None:
                 self._sender = asyncio.create_task(self._send_loop())
         self._maybe_checkpoint()
         if not self._watched:
-            # Nobody else follows: the text only moves the group's offsets along.
+            # Nobody else follows: the text only moves the group's offsets along (a tab
+            # that comes gets the tools' statuses with its snapshot).
             self._sent_to_group[0] += len(delta.content)
             self._sent_to_group[1] += len(delta.reasoning)
             return
         self._pending.content += delta.content
         self._pending.reasoning += delta.reasoning
-        if self._flush_handle is None:
+        if tool is not None:
+            # The status and the text before it go now: the text after it follows it.
+            self._pending_tools.append(tool)
+            self._flush_now()
+        elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(GROUP_FLUSH_SECONDS, self._schedule_flush)
 
@@ -392,14 +407,17 @@ class AnswerRun:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             out, self._outbox = self._outbox, Delta()
-            parts = frames.deltas(self.message_id, out.content, out.reasoning)
+            parts, self._outbox_frames = self._outbox_frames, []
+            parts += frames.deltas(self.message_id, out.content, out.reasoning)
             if parts and self._send is not None:
                 try:
                     await self._send(parts)
                 except Exception:  # the socket went away between two deltas
                     self._send = None
                     self.origin = None
-            if self._closing and not (self._outbox.content or self._outbox.reasoning):
+            if self._closing and not (
+                self._outbox.content or self._outbox.reasoning or self._outbox_frames
+            ):
                 return
 
     def _maybe_checkpoint(self) -> None:
@@ -422,31 +440,49 @@ class AnswerRun:
 
     def _schedule_flush(self) -> None:
         self._flush_handle = None
-        asyncio.create_task(self._flush()).add_done_callback(_log_failure)
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        """Send the watchers what is pending: taken now, sent after the events before it."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        event = self._take_pending()
+        if event is not None:
+            asyncio.create_task(self._send_to_group(event)).add_done_callback(_log_failure)
 
     async def _flush(self) -> None:
+        event = self._take_pending()
+        if event is not None:
+            await self._send_to_group(event)
+
+    def _take_pending(self) -> frames.Frame | None:
+        """The chat.delta event of what is pending for the watchers (None: nothing is)."""
         pending, self._pending = self._pending, Delta()
-        if not (pending.content or pending.reasoning):
-            return
+        tools, self._pending_tools = self._pending_tools, []
+        if not (pending.content or pending.reasoning or tools):
+            return None
         content_offset, reasoning_offset = self._sent_to_group
         self._sent_to_group = [
             content_offset + len(pending.content),
             reasoning_offset + len(pending.reasoning),
         ]
-        try:
-            await self.layer.group_send(
-                viewers_group(self.conversation_id),
-                frames.chat_delta(
-                    self.message_id,
-                    pending.content,
-                    pending.reasoning,
-                    content_offset,
-                    reasoning_offset,
-                    self.origin,
-                ),
-            )
-        except Exception as exc:  # watchers see the gap by its offsets and ask for a snapshot
-            logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
+        return frames.chat_delta(
+            self.message_id,
+            pending.content,
+            pending.reasoning,
+            content_offset,
+            reasoning_offset,
+            self.origin,
+            tools,
+        )
+
+    async def _send_to_group(self, event: frames.Frame) -> None:
+        async with self._group_sends:  # (an asyncio.Lock lets its waiters in, in order)
+            try:
+                await self.layer.group_send(viewers_group(self.conversation_id), event)
+            except Exception as exc:  # watchers see a gap by its offsets and ask for a snapshot
+                logger.warning("answer %s: could not send to watchers: %r", self.message_id, exc)
 
     async def _listen(self, channel: str) -> None:
         """Stop and snapshot requests from any process, through the group `ctl_<id>`.
@@ -496,8 +532,13 @@ class AnswerRun:
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
 
     def snapshot_event(self) -> dict[str, Any]:
+        tools = [frames.tool_status(status) for status in self.answer.tool_calls_seen.values()]
         return frames.chat_snapshot(
-            self.message_id, self.conversation_id, self.answer.content, self.answer.reasoning
+            self.message_id,
+            self.conversation_id,
+            self.answer.content,
+            self.answer.reasoning,
+            tools,
         )
 
     async def _finish(self, state: str, error: str, started: float) -> None:
@@ -533,6 +574,7 @@ class AnswerRun:
             "ttft_ms": ttft_ms,
             "duration_ms": duration_ms,
             "output_items": self.items_to_keep(state),
+            "citations": answer_sources(answer.citations, answer.all_citations),
         }
         await self._save(fields, usage_fields)
 

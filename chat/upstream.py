@@ -264,6 +264,8 @@ class RequestOptions:
     # A conversation's prompt cache key: Responses `prompt_cache_key`, Chat Completions
     # header `x-grok-conv-id`; the same on every turn routes them to the same cache.
     cache_key: str | None = None
+    # Server-side tools ({"type": "web_search", ...}: chat.search), Responses API only.
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 NO_OPTIONS = RequestOptions()
@@ -619,6 +621,8 @@ class Responses:
             body["max_output_tokens"] = options.max_output_tokens
         if options.reasoning_effort:
             body["reasoning"] = {"effort": options.reasoning_effort}
+        if options.tools:
+            body["tools"] = [dict(tool) for tool in options.tools]
         return body
 
     @staticmethod

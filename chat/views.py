@@ -32,12 +32,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse, reverse_lazy
 from django.views.decorators.http import require_POST
 
-from chat import titles
+from chat import search, titles
 from chat.attachments import images_by_model
 from chat.capabilities import api_style, efforts_by_model
 from chat.catalog import default_among, is_offered, models_listed
 from chat.forms import ConversationSettingsForm, UserSettingsForm
-from chat.models import Conversation, Message, UserSettings
+from chat.models import Conversation, Message, SiteSettings, UserSettings
 from chat.prompts import conversation_settings
 from chat.streams import channel_layer, stop_answers
 
@@ -115,8 +115,23 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         **_settings_panel(conversation, picker["models"]),
         **_attach_button(conversation, picker["models"]),
+        "search_toggles": _search_toggles(),
     }
     return render(request, "chat/chat.html", context)
+
+
+def _search_toggles() -> list[dict[str, Any]]:
+    """The composer's web and X search toggles: each usable, or why not (chat.search)."""
+    site = SiteSettings.current()
+    reason = search.unavailable_reason()
+    toggles = []
+    for key, label, enabled in (
+        ("web", "Web search", site.web_search_enabled),
+        ("x", "X search", site.x_search_enabled),
+    ):
+        why = reason or ("" if enabled else f"{label} is turned off on this site by an admin.")
+        toggles.append({"key": key, "label": label, "reason": why})
+    return toggles
 
 
 def _bad_before() -> HttpResponse:

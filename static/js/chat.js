@@ -256,6 +256,8 @@ function newEntry(article) {
     ttftMs: null,
     durationMs: null,
     usage: null,
+    tools: new Map(), // tool call id -> its status, while the answer streams ("web and X search")
+    citations: null, // its sources once it ended; null: as the server rendered them
   };
 }
 
@@ -312,6 +314,8 @@ function renderEntry(entry) {
   meta.textContent = entry.state === "streaming" ? "" : formatMeta(entry);
   meta.title = entry.state === "streaming" ? "" : formatDuration(entry);
   meta.hidden = !meta.textContent;
+  renderToolCalls(entry);
+  renderSources(entry);
   renderAnswerActions(entry);
 }
 
@@ -534,7 +538,7 @@ function requestAnswer(frame, content = null) {
     showNotice("Not connected to the server yet. Your message is kept; try again in a moment.");
     return false;
   }
-  pending = { frame: { ...frame, client_id: newClientId() }, content };
+  pending = { frame: { ...withSearch(frame), client_id: newClientId() }, content };
   sendPending();
   updateSendButton();
   return true;
@@ -670,6 +674,8 @@ function onMessageEnd(frame) {
   entry.ttftMs = frame.ttft_ms ?? null;
   entry.durationMs = frame.duration_ms ?? null;
   entry.usage = frame.usage || null;
+  entry.citations = Array.isArray(frame.citations) ? frame.citations : [];
+  entry.tools.clear();
   renderNow(entry, frame.message_id);
   updateStopButton();
 }
@@ -770,6 +776,8 @@ function onSnapshot(frame) {
   entry.state = "streaming";
   entry.content = frame.content || "";
   entry.reasoning = frame.reasoning || "";
+  entry.tools.clear();
+  for (const status of frame.tools || []) mergeToolStatus(entry, status);
   renderNow(entry, frame.message_id);
   updateStopButton();
 }
@@ -790,6 +798,7 @@ const FRAME_HANDLERS = {
   snapshot: onSnapshot,
   "message.start": onMessageStart,
   delta: onDelta,
+  tool: onTool,
   "message.end": onMessageEnd,
   branch: onBranch,
   error: onError,
@@ -1257,6 +1266,159 @@ function initAttachments() {
   modelPicker.addEventListener("change", updateAttachButton);
 }
 
+// ---------------------------------------------------------------- web and X search
+// The composer's toggles (templates/chat/chat.html, chat.search): off by default, kept in
+// this tab's sessionStorage while it lives, and sent as `search` with each send, edit and
+// regenerate. While an answer streams, its tool calls show in it ("Searching the web…");
+// once it ended, its sources show under it as numbered chips.
+
+const searchToggles = [...document.querySelectorAll("#search-toggles input[data-search]")];
+const SEARCH_STORAGE_KEY = "grokchat.search";
+const SEARCH_FRAMES = new Set(["send", "edit", "regenerate"]);
+// Once a call has ended, a late status (relayed by another process) does not revive it.
+const TOOL_FINAL_STATES = new Set(["completed", "failed", "incomplete"]);
+const TOOL_WORDS = {
+  web_search: { busy: "Searching the web…", done: "Searched the web", name: "Web search" },
+  x_search: { busy: "Searching X…", done: "Searched X", name: "X search" },
+};
+const WEB_URL = /^https?:\/\//i;
+
+function storedSearch() {
+  try {
+    return JSON.parse(sessionStorage.getItem(SEARCH_STORAGE_KEY) || "{}") || {};
+  } catch {
+    return {}; // storage refused (privacy settings) or garbled: all off
+  }
+}
+
+function onSearchToggle() {
+  const choice = {};
+  for (const toggle of searchToggles) choice[toggle.dataset.search] = toggle.checked;
+  try {
+    sessionStorage.setItem(SEARCH_STORAGE_KEY, JSON.stringify(choice));
+  } catch {
+    // kept on the page only
+  }
+}
+
+function initSearchToggles() {
+  const stored = storedSearch();
+  for (const toggle of searchToggles) {
+    toggle.checked = !toggle.disabled && stored[toggle.dataset.search] === true;
+    toggle.addEventListener("change", onSearchToggle);
+  }
+}
+
+// `frame` with the toggles that are on, as `search` ({"web": true}), if it takes them.
+function withSearch(frame) {
+  if (!SEARCH_FRAMES.has(frame.type)) return frame;
+  const search = {};
+  for (const toggle of searchToggles) if (toggle.checked && !toggle.disabled) search[toggle.dataset.search] = true;
+  return Object.keys(search).length ? { ...frame, search } : frame;
+}
+
+function mergeToolStatus(entry, status) {
+  const previous = entry.tools.get(status.id);
+  if (previous && TOOL_FINAL_STATES.has(previous.state) && !TOOL_FINAL_STATES.has(status.state)) return;
+  entry.tools.set(status.id, {
+    kind: status.kind,
+    state: status.state,
+    name: status.name || previous?.name || "",
+    query: status.query || previous?.query || "",
+  });
+}
+
+function onTool(frame) {
+  if (currentConversationId === null) return;
+  const entry = entryOnPage(frame.message_id);
+  if (!entry || entry.state !== "streaming") return; // a late frame after message.end
+  mergeToolStatus(entry, frame);
+  scheduleRender(frame.message_id);
+}
+
+// "Searching the web…" while a call runs, "Searched the web" once done, "Web search failed".
+function toolLabel(status) {
+  const tool = status.name || status.kind;
+  const words = TOOL_WORDS[status.kind] || { busy: `Running ${tool}…`, done: `Ran ${tool}`, name: tool };
+  if (status.state === "completed") return words.done;
+  if (TOOL_FINAL_STATES.has(status.state)) return `${words.name} ${status.state}`;
+  return words.busy;
+}
+
+function renderToolCalls(entry) {
+  const list = entry.article.querySelector(".tool-calls");
+  // Rebuilt only when a status changed, not for each delta of text.
+  if (!list || list.dataset.shown === toolsKey(entry)) return;
+  list.dataset.shown = toolsKey(entry);
+  const items = [];
+  for (const [id, status] of entry.tools) {
+    const item = document.createElement("li");
+    item.className = "tool-call";
+    item.dataset.toolId = id;
+    item.dataset.kind = status.kind;
+    item.dataset.state = status.state;
+    const label = document.createElement("span");
+    label.className = "tool-label";
+    label.textContent = toolLabel(status);
+    item.append(label);
+    if (status.query) {
+      const query = document.createElement("span");
+      query.className = "tool-query";
+      query.textContent = status.query;
+      item.append(" ", query);
+    }
+    items.push(item);
+  }
+  list.replaceChildren(...items);
+  list.hidden = items.length === 0;
+}
+
+function toolsKey(entry) {
+  return JSON.stringify([...entry.tools]);
+}
+
+// One numbered chip: a link (a new tab, no opener, no referrer) only for an http(s) URL,
+// showing its domain; anything else is shown as text. As chat.search.source_chip.
+function sourceChip(number, citation) {
+  const url = typeof citation?.url === "string" ? citation.url : "";
+  const title = typeof citation?.title === "string" && citation.title ? citation.title : url;
+  const cleaned = url.replace(/[\t\n\r]/g, "").replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, "");
+  let parsed = null;
+  if (WEB_URL.test(cleaned)) {
+    try {
+      parsed = new URL(cleaned);
+    } catch {
+      parsed = null;
+    }
+  }
+  const link = parsed !== null && parsed.hostname !== "";
+  const chip = document.createElement(link ? "a" : "span");
+  chip.className = "source";
+  chip.title = title;
+  if (link) {
+    chip.href = parsed.href;
+    chip.target = "_blank";
+    chip.rel = "noopener noreferrer";
+  }
+  const numberEl = document.createElement("span");
+  numberEl.className = "source-number";
+  numberEl.textContent = String(number);
+  const label = document.createElement("span");
+  label.className = "source-label";
+  label.textContent = link ? parsed.hostname.replace(/^www\./, "") : url.slice(0, 80);
+  chip.append(numberEl, " ", label);
+  const item = document.createElement("li");
+  item.append(chip);
+  return item;
+}
+
+function renderSources(entry) {
+  const list = entry.article.querySelector(".sources");
+  if (!list || entry.citations === null) return; // as the server rendered them
+  list.replaceChildren(...entry.citations.map((citation, index) => sourceChip(index + 1, citation)));
+  list.hidden = entry.citations.length === 0;
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
@@ -1272,6 +1434,7 @@ function init() {
   noticeDismiss.addEventListener("click", hideNotice);
   initSettingsPanel();
   initAttachments();
+  initSearchToggles();
   connect();
 }
 
