@@ -276,6 +276,11 @@ def _plain_turns(messages: list[Turn]) -> list[Turn]:
     return [{k: v for k, v in m.items() if k != "items"} if "items" in m else m for m in messages]
 
 
+def _system_prompt(messages: list[Turn]) -> str:
+    """The system turns' text, for the APIs that take it apart from the turns."""
+    return "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+
+
 def _sampling(options: RequestOptions) -> dict[str, Any]:
     """temperature and top_p, which the three APIs name alike."""
     fields = {"temperature": options.temperature, "top_p": options.top_p}
@@ -602,7 +607,7 @@ class Responses:
         self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
         # The system prompt is the request's `instructions`, not a turn of `input`.
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        system = _system_prompt(messages)
         body: dict[str, Any] = {
             "model": model,
             "input": self.input(messages),
@@ -888,7 +893,7 @@ class AnthropicMessages:
     def body(
         self, model: str, messages: list[Turn], options: RequestOptions = NO_OPTIONS
     ) -> dict[str, Any]:
-        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        system = _system_prompt(messages)
         body: dict[str, Any] = {
             "model": model,
             "messages": [
