@@ -47,6 +47,17 @@ def no_titles(settings) -> None:
     settings.CHAT_TITLES = False
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings) -> None:
+    """New passwords are hashed with one round of MD5, not a million of PBKDF2: no test
+    here measures hashing (tests/test_logins.py sets its own hasher), and every user a test
+    makes cost a fifth of a second of CPU. Hashes made otherwise still check."""
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+
+
 @pytest.fixture(scope="session")
 def fake_upstream_server() -> Iterator[FakeUpstream]:
     server = FakeUpstream()

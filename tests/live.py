@@ -54,6 +54,7 @@ def app_env(tmp: Path, upstream_base_url: str, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         # Off unless a test turns them on: a title request takes an upstream reply.
         CHAT_TITLES="false",
+        DJANGO_SETTINGS_MODULE="tests.live_settings",
     )
     env.update(extra)
     # Each live app gets its own database and Redis prefix, even on shared servers.

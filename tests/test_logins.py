@@ -63,6 +63,11 @@ class HeldHasher(type(get_hasher())):  # the site's default hasher, whatever set
 
 
 @pytest.fixture
+def fast_password_hashing() -> None:
+    """(conftest's, undone: this module measures the site's own hashing.)"""
+
+
+@pytest.fixture
 def gate(settings) -> Iterator[Gate]:
     global GATE
     GATE = Gate()
