@@ -5,8 +5,8 @@ Expected values for the recorded streams come from tests/fixtures/upstream/SOURC
 ("xAI Responses API") or, where it gives only a count (the citations' URLs, the encrypted
 reasoning), from the recording itself read with the standard json module: never from the
 code under test. Hand-built streams follow the event shapes of recorded xAI streams
-(vercel/ai packages/xai/src/responses/__fixtures__/xai-x-search-tool.chunks.txt) and of
-../shared/xai-wire-formats.md section 7.
+(vercel/ai packages/xai/src/responses/__fixtures__/xai-x-search-tool.chunks.txt) and
+the event list of xAI's Responses docs; nothing here reads files outside the repository.
 """
 
 from __future__ import annotations
