@@ -354,28 +354,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if conversation_id is None:
                 raise Refused("bad_frame", "A new conversation's message follows no message.")
             parent_id = self._int_field(content, "parent_id")
-        model, client_id = self._model_field(content), self._client_id_field(content)
         conversation_settings = self._new_conversation_settings(content, conversation_id)
-        attachment_ids = self._attachments_field(content)
-        self._check_api_key()
-        tools = await self._search_tools(content)
-        started = await database_sync_to_async(start_answer)(
-            self.user,
-            self.session_key,
+        await self._start_message(
+            content,
             conversation_id,
             text,
-            model,
-            client_id,
             parent_id=parent_id,
             conversation_settings=conversation_settings,
-            attachment_ids=attachment_ids,
         )
-        await self._begin(started, client_id, announce=conversation_id is None, tools=tools)
 
     async def edit(self, content: dict[str, Any]) -> None:
         edited = self._int_field(content, "message_id")
         text = self._text_field(content)
         conversation_id = self._int_field(content, "conversation_id")
+        await self._start_message(content, conversation_id, text, edit_of=edited)
+
+    async def _start_message(
+        self, content: dict[str, Any], conversation_id: int | None, text: str, **where: Any
+    ) -> None:
+        """A `send` or `edit` whose own fields are checked: the fields they share, then
+        the message saved (chat.services.start_answer, `where` it goes) and its answer."""
         model, client_id = self._model_field(content), self._client_id_field(content)
         attachment_ids = self._attachments_field(content)
         self._check_api_key()
@@ -387,10 +385,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             text,
             model,
             client_id,
-            edit_of=edited,
             attachment_ids=attachment_ids,
+            **where,
         )
-        await self._begin(started, client_id, announce=False, tools=tools)
+        await self._begin(started, client_id, announce=conversation_id is None, tools=tools)
 
     async def answer_again(self, content: dict[str, Any], purpose: str) -> None:
         answer_id = self._int_field(content, "message_id")
