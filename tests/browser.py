@@ -51,3 +51,13 @@ def log_in(page: Page, live: str, username: str, password: str) -> None:
     with page.expect_navigation():
         page.click("form.stacked-form button[type=submit]")
     assert "/accounts/login/" not in page.url, page.content()[:2000]
+
+
+def send_and_wait(page: Page, text: str) -> None:
+    """Send `text` from the composer and wait until its answer is complete."""
+    answers = page.locator("article.message[data-role=assistant]")
+    before = answers.count()
+    page.fill("#prompt", text)
+    page.keyboard.press("Enter")
+    expect(answers).to_have_count(before + 1)
+    expect(answers.last).to_have_attribute("data-state", "complete", timeout=10_000)

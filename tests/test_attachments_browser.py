@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream
-from tests.live import app_env, daphne, prepare_database
+from tests.live import live_app
 
 pytestmark = needs_chromium
 
@@ -22,9 +22,7 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("live")
-    env = app_env(tmp, fake_upstream_server.base_url, MEDIA_ROOT=str(tmp / "media"))
-    prepare_database(env)
-    with daphne(env, tmp / "daphne.log") as url:
+    with live_app(tmp, fake_upstream_server.base_url, MEDIA_ROOT=str(tmp / "media")) as url:
         yield url
 
 

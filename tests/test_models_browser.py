@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import log_in, needs_chromium, wait_ready
+from tests.browser import log_in, needs_chromium, send_and_wait, wait_ready
 from tests.fake_upstream import FakeUpstream
-from tests.live import app_env, daphne, prepare_database
+from tests.live import live_app
 
 pytestmark = needs_chromium
 
@@ -27,24 +27,13 @@ OPENAI_LIST = {
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("live")
     # The list is read again on every page, so a test can change it between two pages.
-    env = app_env(
+    with live_app(
         tmp,
         fake_upstream_server.base_url,
         CHAT_DEFAULT_MODEL="grok-4.3",
         UPSTREAM_MODELS_CACHE_SECONDS="0",
-    )
-    prepare_database(env)
-    with daphne(env, tmp / "daphne.log") as url:
+    ) as url:
         yield url
-
-
-def send_and_wait(page: Page, text: str) -> None:
-    answers = page.locator("article.message[data-role=assistant]")
-    before = answers.count()
-    page.fill("#prompt", text)
-    page.keyboard.press("Enter")
-    expect(answers).to_have_count(before + 1)
-    expect(answers.last).to_have_attribute("data-state", "complete", timeout=10_000)
 
 
 def test_a_list_in_openais_shape_from_language_models_fills_the_picker(

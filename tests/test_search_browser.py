@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser import log_in, needs_chromium, wait_ready
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.live import app_env, daphne, prepare_database
+from tests.live import live_app
 from tests.test_search import CITATIONS, QUERY, cited_stream, recorded_events
 
 pytestmark = needs_chromium
@@ -19,9 +19,7 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("search")
-    env = app_env(tmp, fake_upstream_server.base_url, XAI_API_STYLE="responses")
-    prepare_database(env)
-    with daphne(env, tmp / "daphne.log") as url:
+    with live_app(tmp, fake_upstream_server.base_url, XAI_API_STYLE="responses") as url:
         yield url
 
 

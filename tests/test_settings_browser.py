@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import log_in, needs_chromium, wait_ready
+from tests.browser import log_in, needs_chromium, send_and_wait, wait_ready
 from tests.fake_upstream import FakeUpstream
 from tests.live import live_app
 
@@ -19,15 +19,6 @@ def live(fake_upstream_server: FakeUpstream, tmp_path_factory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("live")
     with live_app(tmp, fake_upstream_server.base_url) as url:
         yield url
-
-
-def send_and_wait(page: Page, text: str) -> None:
-    answers = page.locator("article.message[data-role=assistant]")
-    before = answers.count()
-    page.fill("#prompt", text)
-    page.keyboard.press("Enter")
-    expect(answers).to_have_count(before + 1)
-    expect(answers.last).to_have_attribute("data-state", "complete", timeout=10_000)
 
 
 def test_a_system_prompt_set_in_the_panel_is_sent_shown_and_kept(
