@@ -218,10 +218,10 @@ def answer_again(
                 Message.objects.filter(
                     id=answer_id, role=Message.Role.ASSISTANT, conversation__user=user
                 )
-                .select_related("conversation")
+                .select_related("conversation", "parent")
                 .first()
             )
-            if earlier is None or earlier.parent_id is None:
+            if earlier is None or earlier.parent is None:
                 logger.warning("user %s asked again for answer %s", user.pk, answer_id)
                 raise Refused("not_found", "No such answer.", message_id=answer_id)
             if earlier.state == Message.State.STREAMING:
@@ -242,7 +242,7 @@ def answer_again(
             answer = conversation.add_answer(
                 earlier.parent_id, chosen, worker_id(), purpose, prefix=prefix
             )
-            question = Message.objects.get(pk=earlier.parent_id)
+            question = earlier.parent
             if client_id:
                 SendKey.remember(user, client_id, question, answer)
             tree = conversation.tree()  # (read after the new answer: it is in it)
