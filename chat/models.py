@@ -38,6 +38,10 @@ class Conversation(models.Model):
         GENERATED = "generated", "written by a model after the first answer (chat.titles)"
         USER = "user", "set by the user, which no generated title replaces"
 
+    class ImportSource(models.TextChoices):
+        GROKCHAT = "grokchat", "this app's own JSON export"
+        CHATGPT = "chatgpt", "ChatGPT's conversations.json export"
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New chat")
     title_source = models.CharField(
@@ -53,6 +57,12 @@ class Conversation(models.Model):
     top_p = models.FloatField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_effort = models.CharField(max_length=10, blank=True)
+    # Imported conversations (chat.exports) were never answered here: nothing of them is
+    # on the ledger, and the page says where they came from.
+    imported_from = models.CharField(
+        max_length=20, choices=ImportSource.choices, blank=True, help_text="blank: made here"
+    )
+    imported_at = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 
@@ -1210,8 +1220,17 @@ class UserSettings(models.Model):
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_settings"
     )
+
+    class Theme(models.TextChoices):
+        SYSTEM = "system", "System"
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+
     custom_instructions = models.TextField(
         blank=True, help_text="sent in the system prompt of each of their requests"
+    )
+    theme = models.CharField(
+        max_length=10, choices=Theme.choices, default=Theme.SYSTEM, db_default=Theme.SYSTEM
     )
 
     class Meta:
