@@ -102,6 +102,10 @@ def test_the_chords_open_a_new_chat_focus_the_composer_search_and_copy_the_last_
     page.locator("#messages").focus()
     page.keyboard.press("Alt+Shift+KeyM")
     expect(page.locator("#prompt")).to_be_focused()
+    # Screen readers are told of them on the controls they act for.
+    expect(page.locator("#prompt")).to_have_attribute("aria-keyshortcuts", "Alt+Shift+M")
+    expect(page.locator("#new-chat")).to_have_attribute("aria-keyshortcuts", "Alt+Shift+O")
+    expect(page.locator("#stop-button")).to_have_attribute("aria-keyshortcuts", "Escape")
 
     page.keyboard.press("Alt+Shift+KeyC")
     expect(last_answer(page).locator("button.copy-answer")).to_have_text("Copied")

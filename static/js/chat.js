@@ -1570,12 +1570,14 @@ const SHORTCUTS = [
     matches: (event) => event.key === "Escape" && !event.altKey && !event.ctrlKey && !event.metaKey && !event.shiftKey,
     offered: () => true,
     run: stopStreaming,
+    control: () => stopButton,
   },
   {
     keys: () => [CHORD_MODIFIER, "Shift", "O"],
     action: "New chat",
     matches: (event) => isChord(event, "KeyO"),
     offered: () => document.getElementById("new-chat") !== null,
+    control: () => document.getElementById("new-chat"),
     run: () => {
       location.assign(document.getElementById("new-chat").href);
       return true;
@@ -1586,6 +1588,7 @@ const SHORTCUTS = [
     action: "Go to the message box",
     matches: (event) => isChord(event, "KeyM"),
     offered: () => true,
+    control: () => promptEl,
     run: () => {
       promptEl.focus();
       return true;
@@ -1654,7 +1657,16 @@ function openShortcuts() {
   shortcutsDialog.showModal(); // the browser returns the focus where it was when it closes
 }
 
+// Screen readers tell of a control's shortcut from its aria-keyshortcuts ("Alt+Shift+O").
+function labelShortcutControls() {
+  for (const shortcut of SHORTCUTS) {
+    const keys = shortcut.keys().map((key) => (key === "Esc" ? "Escape" : key)).join("+");
+    shortcut.control?.()?.setAttribute("aria-keyshortcuts", keys);
+  }
+}
+
 function initKeyboard() {
+  labelShortcutControls();
   document.addEventListener("keydown", onDocumentKeydown);
   shortcutsButton?.addEventListener("click", openShortcuts);
 }
