@@ -98,6 +98,8 @@ def test_the_chords_open_a_new_chat_focus_the_composer_search_and_copy_the_last_
     fake_upstream_server.queue(answer_of(markdown))
     start(page, live)
     send_and_wait(page, "Some Markdown please")
+    # Its start, as read: the code block's Copy button is not part of it.
+    expect(page.locator("#answer-status")).to_have_text("Grok answered: Bold and code: print(1)")
 
     page.locator("#messages").focus()
     page.keyboard.press("Alt+Shift+KeyM")

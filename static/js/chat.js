@@ -1459,7 +1459,9 @@ function announceEnd(entry) {
     announce([END_WORDS[entry.state] || "The answer ended.", entry.error].filter(Boolean).join(" "));
     return;
   }
-  const text = entry.article.querySelector(".content").textContent.replace(/\s+/g, " ").trim();
+  const content = entry.article.querySelector(".content").cloneNode(true);
+  for (const button of content.querySelectorAll("button")) button.remove(); // code blocks' Copy
+  const text = content.textContent.replace(/\s+/g, " ").trim();
   if (!text) {
     announce("Answer complete.");
     return;
@@ -1485,7 +1487,10 @@ function restoreMessageFocus(focusedId) {
   const wanted = branchFocus;
   branchFocus = null;
   const target = wanted ? findArticle(wanted.id) : focusedId === null ? null : findArticle(focusedId);
-  if (!target) return;
+  if (!target) {
+    if (wanted || focusedId !== null) messagesEl.focus(); // its message is gone: the list, at least
+    return;
+  }
   if (!wanted) {
     focusArticle(target);
     return;
@@ -1527,7 +1532,10 @@ function searchInput() {
   return document.getElementById("conversation-search"); // the sidebar's, where it has one
 }
 
+// On an older page of the conversation ("Show earlier messages") the last message shown is
+// not the last one: none.
 function lastUserArticle() {
+  if (document.getElementById("latest-messages")) return null;
   const users = [...messagesEl.querySelectorAll("article.message[data-role=user]")].filter((article) => toId(article.dataset.messageId) !== null);
   return users.pop() || null;
 }
@@ -1560,6 +1568,7 @@ function editLastMessage(event) {
   const article = lastUserArticle();
   if (event.target !== promptEl || !empty || !article) return false;
   openEditor(article);
+  article.querySelector(".edit-box")?.focus(); // also when its editor was open already
   return true;
 }
 
