@@ -746,9 +746,9 @@ async function loadMessages() {
     unknownIds.delete(id);
     if (!findArticle(id)) offPathIds.add(id);
   }
-  restoreMessageFocus(focusedId);
   updateStopButton();
   scrollToBottom();
+  restoreMessageFocus(focusedId); // after the scroll: a focused message above is scrolled back into view
   watchCurrentConversation(); // the answers streaming on this path send their text so far
 }
 
@@ -866,8 +866,10 @@ async function copyAnswer(button, id) {
     await navigator.clipboard.writeText(entry.content); // the Markdown, as the model wrote it
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    return true;
   } catch {
     showNotice("Could not copy: the browser refused access to the clipboard.");
+    return false;
   }
 }
 
@@ -1558,8 +1560,9 @@ function stopStreaming(event) {
 function copyLastAnswer() {
   const button = lastCopyButton();
   if (!button) return false;
-  copyAnswer(button, toId(button.closest("article.message").dataset.messageId));
-  announce("Copied the last answer.");
+  copyAnswer(button, toId(button.closest("article.message").dataset.messageId)).then((copied) => {
+    if (copied) announce("Copied the last answer."); // its button, which says so, has not the focus
+  });
   return true;
 }
 
@@ -1574,7 +1577,7 @@ function editLastMessage(event) {
 
 const SHORTCUTS = [
   {
-    keys: () => ["Esc"],
+    keys: ["Esc"],
     action: "Stop the answer that is streaming",
     matches: (event) => event.key === "Escape" && !event.altKey && !event.ctrlKey && !event.metaKey && !event.shiftKey,
     offered: () => true,
@@ -1582,7 +1585,7 @@ const SHORTCUTS = [
     control: () => stopButton,
   },
   {
-    keys: () => [CHORD_MODIFIER, "Shift", "O"],
+    keys: [CHORD_MODIFIER, "Shift", "O"],
     action: "New chat",
     matches: (event) => isChord(event, "KeyO"),
     offered: () => document.getElementById("new-chat") !== null,
@@ -1593,7 +1596,7 @@ const SHORTCUTS = [
     },
   },
   {
-    keys: () => [CHORD_MODIFIER, "Shift", "M"],
+    keys: [CHORD_MODIFIER, "Shift", "M"],
     action: "Go to the message box",
     matches: (event) => isChord(event, "KeyM"),
     offered: () => true,
@@ -1604,7 +1607,7 @@ const SHORTCUTS = [
     },
   },
   {
-    keys: () => [CHORD_MODIFIER, "Shift", "K"],
+    keys: [CHORD_MODIFIER, "Shift", "K"],
     action: "Search conversations",
     matches: (event) => isChord(event, "KeyK"),
     offered: () => searchInput() !== null,
@@ -1614,21 +1617,21 @@ const SHORTCUTS = [
     },
   },
   {
-    keys: () => [CHORD_MODIFIER, "Shift", "C"],
+    keys: [CHORD_MODIFIER, "Shift", "C"],
     action: "Copy the last answer (as Markdown)",
     matches: (event) => isChord(event, "KeyC"),
     offered: () => lastCopyButton() !== null,
     run: copyLastAnswer,
   },
   {
-    keys: () => ["↑"],
+    keys: ["↑"],
     action: "Edit your last message (in the empty message box)",
     matches: (event) => event.key === "ArrowUp" && !event.altKey && !event.ctrlKey && !event.metaKey && !event.shiftKey,
     offered: () => lastUserArticle() !== null,
     run: editLastMessage,
   },
   {
-    keys: () => ["?"],
+    keys: ["?"],
     action: "Show these shortcuts (outside a text field)",
     matches: (event) => event.key === "?" && !event.altKey && !event.ctrlKey && !event.metaKey && !isTextField(event.target),
     offered: () => true,
@@ -1650,7 +1653,7 @@ function onDocumentKeydown(event) {
 function shortcutRow(shortcut) {
   const row = document.createElement("tr");
   const keys = document.createElement("td");
-  shortcut.keys().forEach((key, index) => {
+  shortcut.keys.forEach((key, index) => {
     const kbd = document.createElement("kbd");
     kbd.textContent = key;
     keys.append(...(index ? ["+", kbd] : [kbd]));
@@ -1669,7 +1672,7 @@ function openShortcuts() {
 // Screen readers tell of a control's shortcut from its aria-keyshortcuts ("Alt+Shift+O").
 function labelShortcutControls() {
   for (const shortcut of SHORTCUTS) {
-    const keys = shortcut.keys().map((key) => (key === "Esc" ? "Escape" : key)).join("+");
+    const keys = shortcut.keys.map((key) => (key === "Esc" ? "Escape" : key)).join("+");
     shortcut.control?.()?.setAttribute("aria-keyshortcuts", keys);
   }
 }
