@@ -637,6 +637,7 @@ function onMessageStart(frame) {
   renderNow(entry, answer.id);
   scrollToBottom();
   updateStopButton();
+  announceStart(); // see "announcements"
 }
 
 // The entry of an answer a frame is about; null for an answer this page does not show
@@ -678,6 +679,7 @@ function onMessageEnd(frame) {
   entry.tools.clear();
   renderNow(entry, frame.message_id);
   updateStopButton();
+  announceEnd(entry);
 }
 
 // Show a message.start's messages as the end of the active path: the user's message after
@@ -730,6 +732,7 @@ async function loadMessages() {
     return;
   }
   if (!response.ok || conversationId !== currentConversationId) return;
+  const focusedId = focusedMessageId(); // see "announcements"
   // Our own template's output, every text in it escaped: as the page itself was rendered.
   messagesEl.innerHTML = await response.text();
   entries.clear();
@@ -745,6 +748,7 @@ async function loadMessages() {
   }
   updateStopButton();
   scrollToBottom();
+  restoreMessageFocus(focusedId); // after the scroll: a focused message above is scrolled back into view
   watchCurrentConversation(); // the answers streaming on this path send their text so far
 }
 
@@ -832,6 +836,7 @@ function onPromptKeydown(event) {
 function onComposerSubmit(event) {
   event.preventDefault();
   submitPrompt();
+  promptEl.focus(); // not lost with the Send button, which a send disables
 }
 
 function onStopClick() {
@@ -861,15 +866,17 @@ async function copyAnswer(button, id) {
     await navigator.clipboard.writeText(entry.content); // the Markdown, as the model wrote it
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    return true;
   } catch {
     showNotice("Could not copy: the browser refused access to the clipboard.");
+    return false;
   }
 }
 
 function switchBranch(article, step) {
   const ids = siblingsOf(article);
   const target = ids[ids.indexOf(toId(article.dataset.messageId)) + step];
-  if (target !== undefined) sendFrame({ type: "switch", message_id: target });
+  if (target !== undefined && sendFrame({ type: "switch", message_id: target })) branchFocus = { id: target, step };
 }
 
 // Editing a sent message: a box in its place; saving sends it as a new version (a branch).
@@ -898,7 +905,9 @@ function openEditor(article) {
     submitEdit(article, box.value);
   });
   box.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") closeEditor(article);
+    if (event.key !== "Escape") return;
+    event.preventDefault(); // its own meaning: not the page's Esc, which stops an answer
+    closeEditor(article);
   });
   content.hidden = true;
   article.querySelector(".message-actions").hidden = true;
@@ -907,15 +916,19 @@ function openEditor(article) {
 }
 
 function closeEditor(article) {
+  const hadFocus = Boolean(article.querySelector(".edit-form")?.contains(document.activeElement));
   article.querySelector(".edit-form")?.remove();
   article.querySelector(".content").hidden = false;
   article.querySelector(".message-actions").hidden = false;
+  if (hadFocus) article.querySelector(".edit-message")?.focus(); // not lost to <body>
 }
 
 function submitEdit(article, text) {
   if (!text.trim()) return;
   const frame = { type: "edit", conversation_id: currentConversationId, message_id: toId(article.dataset.messageId), content: text, model: modelPicker.value || null };
-  if (requestAnswer(frame)) closeEditor(article);
+  if (!requestAnswer(frame)) return;
+  closeEditor(article);
+  promptEl.focus(); // the new version replaces this message: go on from the composer
 }
 
 // ---------------------------------------------------------------- conversation settings
@@ -1419,6 +1432,257 @@ function renderSources(entry) {
   list.hidden = entry.citations.length === 0;
 }
 
+// ---------------------------------------------------------------- announcements
+// #messages is not a live region (a screen reader would read every token): #answer-status,
+// a visually hidden role=status, says when an answer starts and how it ended, never per
+// delta. Focus: after the page loads a path again (a branch switch), it goes back to the
+// message it was on, or to the branch control that was used, not to <body>.
+
+const answerStatus = document.getElementById("answer-status");
+const ANNOUNCED_CHARS = 160;
+const END_WORDS = {
+  stopped: "The answer was stopped.",
+  interrupted: "The answer was interrupted.",
+  error: "The answer failed.",
+};
+// {id, step}: the version a ‹ or › asked for, to focus once the page shows it.
+let branchFocus = null;
+
+function announce(text) {
+  if (answerStatus) answerStatus.textContent = text;
+}
+
+function announceStart() {
+  announce("Grok is answering…");
+}
+
+function announceEnd(entry) {
+  if (entry.state !== "complete") {
+    announce([END_WORDS[entry.state] || "The answer ended.", entry.error].filter(Boolean).join(" "));
+    return;
+  }
+  const content = entry.article.querySelector(".content").cloneNode(true);
+  for (const button of content.querySelectorAll("button")) button.remove(); // code blocks' Copy
+  const text = content.textContent.replace(/\s+/g, " ").trim();
+  if (!text) {
+    announce("Answer complete.");
+    return;
+  }
+  const start = text.length > ANNOUNCED_CHARS ? `${text.slice(0, ANNOUNCED_CHARS).trimEnd()}…` : text;
+  announce(`Grok answered: ${start}`);
+}
+
+// The id of the message that holds the focus, if one does.
+function focusedMessageId() {
+  const article = document.activeElement?.closest?.("#messages article.message");
+  return article ? toId(article.dataset.messageId) : null;
+}
+
+function focusArticle(article) {
+  article.tabIndex = -1;
+  article.focus();
+}
+
+// After #messages was replaced: the branch control that was used (the other one when it is
+// now disabled at the first or last version), else the message that had the focus.
+function restoreMessageFocus(focusedId) {
+  const wanted = branchFocus;
+  branchFocus = null;
+  const target = wanted ? findArticle(wanted.id) : focusedId === null ? null : findArticle(focusedId);
+  if (!target) {
+    if (wanted || focusedId !== null) messagesEl.focus(); // its message is gone: the list, at least
+    return;
+  }
+  if (!wanted) {
+    focusArticle(target);
+    return;
+  }
+  const buttons = [target.querySelector(wanted.step < 0 ? ".branch-prev" : ".branch-next"), target.querySelector(wanted.step < 0 ? ".branch-next" : ".branch-prev")];
+  const button = buttons.find((candidate) => candidate && !candidate.disabled && !candidate.closest("[hidden]"));
+  if (button) button.focus();
+  else focusArticle(target);
+}
+
+// ---------------------------------------------------------------- keyboard
+// The shortcuts, defined once: the key handler and the help (`?`) both read SHORTCUTS, and
+// the help lists those offered on this page. The chords are Alt+Shift+letter on Windows and
+// Linux and Control+Shift+letter on macOS: Ctrl/Cmd+Shift+O, Ctrl/Cmd+Shift+C and Shift+Esc
+// (ChatGPT's) open Chromium's bookmark manager, DevTools' inspector and task manager, while
+// Alt+Shift (Chromium: T, I, A only) and macOS's Control+Shift are free of the browsers' own,
+// and Option would type characters (Ç) on a Mac. Letters match event.code: layouts differ.
+
+const shortcutsDialog = document.getElementById("shortcuts-dialog");
+const shortcutsList = document.getElementById("shortcuts-list");
+const shortcutsButton = document.getElementById("shortcuts-button");
+const IS_MAC = /mac/i.test(navigator.userAgentData?.platform || navigator.platform || "");
+const CHORD_MODIFIER = IS_MAC ? "Control" : "Alt";
+const TEXT_INPUT_TYPES = new Set(["text", "search", "email", "url", "tel", "password", "number"]);
+
+// Alt+Shift+<code> (Control+Shift+<code> on a Mac), nothing else held.
+function isChord(event, code) {
+  const modifier = IS_MAC ? event.ctrlKey && !event.altKey : event.altKey && !event.ctrlKey;
+  return modifier && event.shiftKey && !event.metaKey && event.code === code;
+}
+
+function isTextField(element) {
+  if (!element || element === document.body) return false;
+  if (element.isContentEditable || element.tagName === "TEXTAREA" || element.tagName === "SELECT") return true;
+  return element.tagName === "INPUT" && TEXT_INPUT_TYPES.has(element.type);
+}
+
+function searchInput() {
+  return document.getElementById("conversation-search"); // the sidebar's, where it has one
+}
+
+// On an older page of the conversation ("Show earlier messages") the last message shown is
+// not the last one: none.
+function lastUserArticle() {
+  if (document.getElementById("latest-messages")) return null;
+  const users = [...messagesEl.querySelectorAll("article.message[data-role=user]")].filter((article) => toId(article.dataset.messageId) !== null);
+  return users.pop() || null;
+}
+
+// The last answer with a Copy button to press (one that streams has none yet).
+function lastCopyButton() {
+  const buttons = [...messagesEl.querySelectorAll("article.message[data-role=assistant] .copy-answer")];
+  return buttons.filter((button) => !button.hidden).pop() || null;
+}
+
+function stopStreaming(event) {
+  // Esc in the editor or a dialog closes it first; with nothing streaming it is left alone.
+  if (event.target.closest?.("dialog, .edit-form") || document.querySelector("dialog[open]")) return false;
+  if (streamingIds().length === 0) return false;
+  onStopClick();
+  announce("Stopping the answer…");
+  return true;
+}
+
+function copyLastAnswer() {
+  const button = lastCopyButton();
+  if (!button) return false;
+  copyAnswer(button, toId(button.closest("article.message").dataset.messageId)).then((copied) => {
+    if (copied) announce("Copied the last answer."); // its button, which says so, has not the focus
+  });
+  return true;
+}
+
+function editLastMessage(event) {
+  const empty = promptEl.value === "" && promptEl.selectionStart === 0 && promptEl.selectionEnd === 0;
+  const article = lastUserArticle();
+  if (event.target !== promptEl || !empty || !article) return false;
+  openEditor(article);
+  article.querySelector(".edit-box")?.focus(); // also when its editor was open already
+  return true;
+}
+
+const SHORTCUTS = [
+  {
+    keys: ["Esc"],
+    action: "Stop the answer that is streaming",
+    matches: (event) => event.key === "Escape" && !event.altKey && !event.ctrlKey && !event.metaKey && !event.shiftKey,
+    offered: () => true,
+    run: stopStreaming,
+    control: () => stopButton,
+  },
+  {
+    keys: [CHORD_MODIFIER, "Shift", "O"],
+    action: "New chat",
+    matches: (event) => isChord(event, "KeyO"),
+    offered: () => document.getElementById("new-chat") !== null,
+    control: () => document.getElementById("new-chat"),
+    run: () => {
+      location.assign(document.getElementById("new-chat").href);
+      return true;
+    },
+  },
+  {
+    keys: [CHORD_MODIFIER, "Shift", "M"],
+    action: "Go to the message box",
+    matches: (event) => isChord(event, "KeyM"),
+    offered: () => true,
+    control: () => promptEl,
+    run: () => {
+      promptEl.focus();
+      return true;
+    },
+  },
+  {
+    keys: [CHORD_MODIFIER, "Shift", "K"],
+    action: "Search conversations",
+    matches: (event) => isChord(event, "KeyK"),
+    offered: () => searchInput() !== null,
+    run: () => {
+      searchInput().focus();
+      return true;
+    },
+  },
+  {
+    keys: [CHORD_MODIFIER, "Shift", "C"],
+    action: "Copy the last answer (as Markdown)",
+    matches: (event) => isChord(event, "KeyC"),
+    offered: () => lastCopyButton() !== null,
+    run: copyLastAnswer,
+  },
+  {
+    keys: ["↑"],
+    action: "Edit your last message (in the empty message box)",
+    matches: (event) => event.key === "ArrowUp" && !event.altKey && !event.ctrlKey && !event.metaKey && !event.shiftKey,
+    offered: () => lastUserArticle() !== null,
+    run: editLastMessage,
+  },
+  {
+    keys: ["?"],
+    action: "Show these shortcuts (outside a text field)",
+    matches: (event) => event.key === "?" && !event.altKey && !event.ctrlKey && !event.metaKey && !isTextField(event.target),
+    offered: () => true,
+    run: () => {
+      if (shortcutsDialog.open) return false;
+      openShortcuts();
+      return true;
+    },
+  },
+];
+
+function onDocumentKeydown(event) {
+  if (event.defaultPrevented || event.isComposing) return;
+  const shortcut = SHORTCUTS.find((candidate) => candidate.matches(event));
+  if (!shortcut || !shortcut.offered() || !shortcut.run(event)) return;
+  event.preventDefault();
+}
+
+function shortcutRow(shortcut) {
+  const row = document.createElement("tr");
+  const keys = document.createElement("td");
+  shortcut.keys.forEach((key, index) => {
+    const kbd = document.createElement("kbd");
+    kbd.textContent = key;
+    keys.append(...(index ? ["+", kbd] : [kbd]));
+  });
+  const action = document.createElement("td");
+  action.textContent = shortcut.action;
+  row.append(keys, action);
+  return row;
+}
+
+function openShortcuts() {
+  shortcutsList.replaceChildren(...SHORTCUTS.filter((shortcut) => shortcut.offered()).map(shortcutRow));
+  shortcutsDialog.showModal(); // the browser returns the focus where it was when it closes
+}
+
+// Screen readers tell of a control's shortcut from its aria-keyshortcuts ("Alt+Shift+O").
+function labelShortcutControls() {
+  for (const shortcut of SHORTCUTS) {
+    const keys = shortcut.keys.map((key) => (key === "Esc" ? "Escape" : key)).join("+");
+    shortcut.control?.()?.setAttribute("aria-keyshortcuts", keys);
+  }
+}
+
+function initKeyboard() {
+  labelShortcutControls();
+  document.addEventListener("keydown", onDocumentKeydown);
+  shortcutsButton?.addEventListener("click", openShortcuts);
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
@@ -1435,6 +1699,7 @@ function init() {
   initSettingsPanel();
   initAttachments();
   initSearchToggles();
+  initKeyboard();
   connect();
 }
 
