@@ -295,7 +295,7 @@ def chart_layout(values: list[int]) -> list[dict[str, Any]]:
 def chart(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> dict[str, Any]:
     """The context of templates/usage/chart.html: two panels, tokens then cost."""
     panels = []
-    # `kind` names the bars' CSS class (bar-tokens, bar-cost): the colours are the theme's.
+    # `kind` names the bars' CSS class (bars-tokens, bars-cost): the colours are the theme's.
     for index, (name, values, kind) in enumerate(
         [
             ("Tokens", [b.tokens for b in bars], "tokens"),
