@@ -46,6 +46,7 @@ def drawer_is_closed(page: Page) -> None:
     expect(page.locator("#sidebar")).to_be_hidden()
     expect(page.locator("#sidebar-toggle")).to_have_attribute("aria-expanded", "false")
     expect(page.locator("#sidebar-backdrop")).to_be_hidden()
+    assert page.evaluate("document.getElementById('chat').inert") is False
 
 
 def open_drawer(page: Page) -> None:
@@ -55,6 +56,8 @@ def open_drawer(page: Page) -> None:
     # Wholly on screen once its slide-in has ended.
     wait_until(page, "document.getElementById('sidebar').getBoundingClientRect().left === 0")
     assert focus_is_in(page, "#sidebar")
+    # What it covers is out of reach (inert) until it closes.
+    assert page.evaluate("document.getElementById('chat').inert") is True
 
 
 def test_on_a_phone_the_sidebar_is_a_drawer_that_the_button_esc_a_tap_outside_and_a_choice_close(

@@ -101,6 +101,24 @@ def test_system_follows_the_colour_scheme_of_the_browser(browser: Browser, live:
         assert keyword_colour(page) != dark_keyword
 
 
+def test_a_theme_that_cannot_be_saved_is_undone_and_said(browser: Browser, live: str) -> None:
+    with device_page(browser, LAPTOP, color_scheme="light") as page:
+        log_in(page, live, "alice", "alice-password-1")
+        expect(page.locator("html")).to_have_attribute("data-theme", "system")
+        page.route("**/settings/theme/", lambda route: route.abort())
+        page.locator("#theme-select").select_option("dark")
+        expect(page.locator("#theme-form")).to_have_attribute("data-state", "error")
+        expect(page.locator("html")).to_have_attribute("data-theme", "system")
+        expect(page.locator("#theme-select")).to_have_value("system")
+        expect(page.locator("#theme-select")).to_have_attribute(
+            "title", "The theme could not be saved; try again."
+        )
+        assert background(page) == LIGHT_BG
+        page.unroute("**/settings/theme/")
+        page.reload()
+        expect(page.locator("html")).to_have_attribute("data-theme", "system")
+
+
 def test_without_script_the_toggle_is_a_form_that_works(browser: Browser, live: str) -> None:
     with device_page(browser, LAPTOP, color_scheme="light", java_script_enabled=False) as page:
         log_in(page, live, "bob", "bob-password-1")

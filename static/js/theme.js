@@ -44,6 +44,7 @@ async function onThemeChange() {
   try {
     if (!(await saveTheme(theme))) throw new Error("not saved");
     form.dataset.state = "saved";
+    select.removeAttribute("title");
   } catch {
     // Nothing lost, nothing half-done: back to the theme that is saved.
     applyTheme(previous);
