@@ -38,11 +38,15 @@ def text_colour(page: Page) -> str:
     return page.evaluate("getComputedStyle(document.body).color")
 
 
-def keyword_colour(page: Page) -> str:
-    """The colour highlight.js's stylesheet gives a Python keyword of the answer's code."""
-    keyword = page.locator(".code-block .hljs-keyword").first
-    expect(keyword).to_be_attached()
-    return keyword.evaluate("k => getComputedStyle(k).color")
+# A string's colour in highlight.js's github and github-dark styles (the stylesheets that
+# base.html switches with the theme).
+LIGHT_STRING = "rgb(3, 47, 98)"
+DARK_STRING = "rgb(165, 214, 255)"
+
+
+def code_is_highlighted_for(page: Page, scheme: str) -> None:
+    string = page.locator(".code-block .hljs-string").first
+    expect(string).to_have_css("color", LIGHT_STRING if scheme == "light" else DARK_STRING)
 
 
 def choose_theme(page: Page, theme: str) -> None:
@@ -65,20 +69,19 @@ def test_the_theme_chosen_is_applied_at_once_and_remembered_after_reload_and_els
         open_first_conversation(page, live)
         expect(page.locator("html")).to_have_attribute("data-theme", "system")
         assert background(page) == LIGHT_BG
-        light_keyword = keyword_colour(page)
+        code_is_highlighted_for(page, "light")
         expect(page.locator("#theme-select")).to_have_accessible_name("Theme")
         expect(page.locator("#theme-apply")).to_be_hidden()  # the script applies a change
 
         choose_theme(page, "dark")
         assert background(page) == DARK_BG
-        dark_keyword = keyword_colour(page)
-        assert dark_keyword != light_keyword  # github-dark's, not github's
+        code_is_highlighted_for(page, "dark")
 
         page.reload()
         expect(page.locator("html")).to_have_attribute("data-theme", "dark")
         expect(page.locator("#theme-select")).to_have_value("dark")
         assert background(page) == DARK_BG
-        assert keyword_colour(page) == dark_keyword
+        code_is_highlighted_for(page, "dark")
 
     # Bob on another browser, whose system is light: his choice holds there too.
     with device_page(browser, PHONE, color_scheme="light") as page:
@@ -95,10 +98,10 @@ def test_system_follows_the_colour_scheme_of_the_browser(browser: Browser, live:
         open_first_conversation(page, live)
         expect(page.locator("html")).to_have_attribute("data-theme", "system")
         assert background(page) == DARK_BG
-        dark_keyword = keyword_colour(page)
+        code_is_highlighted_for(page, "dark")
         page.emulate_media(color_scheme="light")
         assert background(page) == LIGHT_BG
-        assert keyword_colour(page) != dark_keyword
+        code_is_highlighted_for(page, "light")
 
 
 def test_a_theme_that_cannot_be_saved_is_undone_and_said(browser: Browser, live: str) -> None:
@@ -166,6 +169,15 @@ def test_the_admin_usage_pages_follow_the_admins_own_theme(browser: Browser, liv
         page.evaluate("localStorage.setItem('theme', 'light')")
         page.reload()
         assert chart_colours(page) == ["rgb(65, 120, 147)", "rgb(51, 51, 51)"]
+        assert violations(page) == []
+        # The drill-down of a user, in the admin's dark theme again.
+        page.evaluate("localStorage.setItem('theme', 'dark')")
+        page.goto(live + "/admin/auth/user/?q=alice")
+        change = str(page.get_by_role("link", name="alice", exact=True).get_attribute("href"))
+        alice_id = change.split("?")[0].rstrip("/").split("/")[-2]
+        page.goto(f"{live}/admin/usage/user/{alice_id}/")
+        expect(page.locator("#user-models")).to_be_attached()
+        assert chart_colours(page) == ["rgb(129, 212, 250)", "rgb(238, 238, 238)"]
         assert violations(page) == []
 
 
