@@ -295,10 +295,11 @@ def chart_layout(values: list[int]) -> list[dict[str, Any]]:
 def chart(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> dict[str, Any]:
     """The context of templates/usage/chart.html: two panels, tokens then cost."""
     panels = []
-    for index, (name, values, colour) in enumerate(
+    # `kind` names the bars' CSS class (bars-tokens, bars-cost): the colours are the theme's.
+    for index, (name, values, kind) in enumerate(
         [
-            ("Tokens", [b.tokens for b in bars], "#417690"),
-            ("Cost (USD)", [b.cost_ticks for b in bars], "#b8860b"),
+            ("Tokens", [b.tokens for b in bars], "tokens"),
+            ("Cost (USD)", [b.cost_ticks for b in bars], "cost"),
         ]
     ):
         shown = [f"{v:,} tokens" if index == 0 else f"${usd(v)}" for v in values]
@@ -310,7 +311,7 @@ def chart(bars: list[Bar], unit: str, *, chart_id: str, caption: str) -> dict[st
         panels.append(
             {
                 "name": name,
-                "colour": colour,
+                "kind": kind,
                 "top": top,
                 "title_y": top - 10,
                 "peak_y": top + 4,

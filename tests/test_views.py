@@ -235,7 +235,8 @@ def test_a_long_conversation_shows_its_newest_messages_and_links_to_earlier_ones
     for i in range(MESSAGES_PER_PAGE + 50):
         conversation.append(role="user", content=f"message {i}")
     client.force_login(alice)
-    with django_assert_max_num_queries(9):  # (site settings: the search toggles)
+    # (site settings: the search toggles; the user's theme: chat.themes)
+    with django_assert_max_num_queries(10):
         page = client.get(f"/c/{conversation.id}/").content.decode()
     # Stored messages have ids; the <template> chat.js clones for live ones has none.
     rendered = re.compile(r'data-message-id="\d+" data-role="user"')

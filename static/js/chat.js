@@ -16,6 +16,9 @@ const noticeDismiss = noticeEl.querySelector(".notice-dismiss");
 const connectionStatus = document.getElementById("connection-status");
 const assistantTemplate = document.getElementById("assistant-message-template");
 const userTemplate = document.getElementById("user-message-template");
+const sidebar = document.getElementById("sidebar");
+const sidebarToggle = document.getElementById("sidebar-toggle");
+const sidebarBackdrop = document.getElementById("sidebar-backdrop");
 
 const SOCKET_URL = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws/chat/`;
 const RETRY_MIN_MS = 500;
@@ -829,6 +832,7 @@ function submitPrompt() {
 
 function onPromptKeydown(event) {
   if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+  if (enterMakesNewLine()) return; // see "phone and tablet"
   event.preventDefault();
   submitPrompt();
 }
@@ -1683,6 +1687,95 @@ function initKeyboard() {
   shortcutsButton?.addEventListener("click", openShortcuts);
 }
 
+// ---------------------------------------------------------------- phone and tablet
+// Below 900px (static/css/chat.css) the sidebar is a drawer; on touch screens Enter makes a
+// new line and the Send button sends; the composer stays above the on-screen keyboard.
+
+const DRAWER_QUERY = window.matchMedia("(max-width: 899px)");
+// Touch input, whatever the device says it is: a coarse pointer or no hover.
+const TOUCH_QUERY = window.matchMedia("(pointer: coarse), (hover: none)");
+const PLACEHOLDERS = {
+  keyboard: "Message Grok (Enter to send, Shift+Enter for a new line)",
+  touch: "Message Grok (Send to send, Enter for a new line)",
+};
+
+function enterMakesNewLine() {
+  return TOUCH_QUERY.matches;
+}
+
+function updatePromptPlaceholder() {
+  promptEl.placeholder = enterMakesNewLine() ? PLACEHOLDERS.touch : PLACEHOLDERS.keyboard;
+}
+
+function drawerIsOpen() {
+  return document.body.classList.contains("drawer-open");
+}
+
+function openDrawer() {
+  if (!DRAWER_QUERY.matches || drawerIsOpen()) return;
+  document.body.classList.add("drawer-open");
+  sidebarToggle.setAttribute("aria-expanded", "true");
+  sidebarBackdrop.hidden = false;
+  chatEl.inert = true; // what the drawer covers is out of reach until it closes
+  const current = conversationList.querySelector("a[aria-current=page]");
+  (current || document.getElementById("new-chat")).focus();
+}
+
+function closeDrawer({ restoreFocus = true } = {}) {
+  if (!drawerIsOpen()) return;
+  document.body.classList.remove("drawer-open");
+  sidebarToggle.setAttribute("aria-expanded", "false");
+  sidebarBackdrop.hidden = true;
+  chatEl.inert = false;
+  if (restoreFocus && DRAWER_QUERY.matches) sidebarToggle.focus();
+}
+
+function onSidebarToggleClick() {
+  if (drawerIsOpen()) closeDrawer();
+  else openDrawer();
+}
+
+function onDrawerKeydown(event) {
+  if (event.key === "Escape" && drawerIsOpen()) {
+    event.preventDefault();
+    closeDrawer();
+  }
+}
+
+// Choosing a conversation (or a new chat) closes the drawer, whether the link loads a page
+// or is handled on this one.
+function onSidebarClick(event) {
+  const link = event.target.closest("a");
+  if (link && (conversationList.contains(link) || link.id === "new-chat")) closeDrawer({ restoreFocus: false });
+}
+
+function onDrawerQueryChange() {
+  if (!DRAWER_QUERY.matches) closeDrawer({ restoreFocus: false });
+}
+
+// Where an on-screen keyboard overlays the page instead of resizing it (the viewport meta's
+// interactive-widget=resizes-content is not honoured everywhere), the page takes the
+// visual viewport's height, so that the composer stays above the keyboard.
+function fitVisualViewport() {
+  const viewport = window.visualViewport;
+  if (!viewport || Math.abs(viewport.scale - 1) > 0.01) return; // not while pinch-zoomed
+  const covered = window.innerHeight - viewport.height;
+  if (covered > 1) document.documentElement.style.setProperty("--visual-height", `${viewport.height}px`);
+  else document.documentElement.style.removeProperty("--visual-height");
+}
+
+function initPhoneAndTablet() {
+  updatePromptPlaceholder();
+  TOUCH_QUERY.addEventListener("change", updatePromptPlaceholder);
+  sidebarToggle?.addEventListener("click", onSidebarToggleClick);
+  sidebarBackdrop?.addEventListener("click", () => closeDrawer());
+  sidebar.addEventListener("click", onSidebarClick);
+  document.addEventListener("keydown", onDrawerKeydown);
+  DRAWER_QUERY.addEventListener("change", onDrawerQueryChange);
+  window.visualViewport?.addEventListener("resize", fitVisualViewport);
+  fitVisualViewport();
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
@@ -1699,6 +1792,7 @@ function init() {
   initSettingsPanel();
   initAttachments();
   initSearchToggles();
+  initPhoneAndTablet();
   initKeyboard();
   connect();
 }
