@@ -476,7 +476,7 @@ function showConversationActions(conversation) {
   del.className = "delete-link";
   del.href = urlFor("delete", conversation.id);
   del.textContent = "Delete";
-  conversationActions.append(form, del);
+  conversationActions.append(form, del, exportLinks(conversation));
 }
 
 // ---------------------------------------------------------------- notices
@@ -1417,6 +1417,28 @@ function renderSources(entry) {
   if (!list || entry.citations === null) return; // as the server rendered them
   list.replaceChildren(...entry.citations.map((citation, index) => sourceChip(index + 1, citation)));
   list.hidden = entry.citations.length === 0;
+}
+
+// ---------------------------------------------------------------- exports
+
+// "Export: Markdown · JSON" under a conversation's actions, as chat.html renders them.
+function exportLinks(conversation) {
+  const links = document.createElement("p");
+  links.id = "export-links";
+  links.className = "export-links";
+  const markdown = exportLink("export-md-link", urlFor("exportMd", conversation.id), "Markdown");
+  const json = exportLink("export-json-link", urlFor("exportJson", conversation.id), "JSON");
+  links.append("Export: ", markdown, " · ", json);
+  return links;
+}
+
+function exportLink(id, href, text) {
+  const link = document.createElement("a");
+  link.id = id;
+  link.href = href;
+  link.download = "";
+  link.textContent = text;
+  return link;
 }
 
 // ---------------------------------------------------------------- start
