@@ -434,7 +434,7 @@ def _title(value: Any, where: _Where) -> str:
         raise where.fail(f'"title" must be text, not {_json_type(value)}.')
     title = " ".join((value or "").split())
     _storable(title, where.at('"title"'))
-    return title[:TITLE_CHARS] or "Imported chat"
+    return title[:TITLE_CHARS].rstrip() or "Imported chat"
 
 
 def _count(total: int, where: _Where) -> None:
