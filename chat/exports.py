@@ -833,9 +833,15 @@ def save(user: Any, parsed: Parsed) -> list[Conversation]:
     )
     # The active path's messages were selected last: now; the others a second before.
     earlier = now - dt.timedelta(seconds=1)
-    rows: list[tuple[NewMessage, Message]] = []
+    # Written a level of the trees at a time (first messages, their replies, ...): each
+    # level's parents have their ids by then, and no row is written twice.
+    levels: list[list[tuple[Message, list[Message], int | None]]] = []
     for conversation, new in zip(conversations, parsed.conversations, strict=True):
+        rows: list[Message] = []
+        depth: list[int] = []
         for message in new.messages:
+            level = 0 if message.parent is None else depth[message.parent] + 1
+            depth.append(level)
             row = Message(
                 conversation=conversation,
                 role=message.role,
@@ -852,19 +858,15 @@ def save(user: Any, parsed: Parsed) -> list[Conversation]:
                 created_at=message.created_at,
                 selected_at=now if message.active else earlier,
             )
-            rows.append((message, row))
-    Message.objects.bulk_create([row for _, row in rows], batch_size=500)
-    # Parents are linked once every row has its id (bulk_create returns them).
-    linked = []
-    start = 0
-    for new in parsed.conversations:
-        block = rows[start : start + len(new.messages)]
-        for message, row in block:
-            if message.parent is not None:
-                row.parent_id = block[message.parent][1].pk
-                linked.append(row)
-        start += len(new.messages)
-    Message.objects.bulk_update(linked, ["parent"], batch_size=500)
+            rows.append(row)
+            if level == len(levels):
+                levels.append([])
+            levels[level].append((row, rows, message.parent))
+    for level_rows in levels:
+        for row, siblings, parent in level_rows:
+            if parent is not None:
+                row.parent_id = siblings[parent].pk
+        Message.objects.bulk_create([row for row, _, _ in level_rows], batch_size=500)
     return conversations
 
 
