@@ -466,13 +466,19 @@ def test_a_bad_last_conversation_leaves_the_good_ones_before_it_unwritten(client
 
 def test_an_import_that_fails_while_writing_writes_nothing(alice, monkeypatch):
     parsed = exports.parse((FIXTURES / "chatgpt_conversations.json").read_bytes())
+    bulk_create = Message.objects.bulk_create
+    calls = []
 
-    def fail(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("the database went away")
+    def fail_on_the_third_level(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the database went away")
+        return bulk_create(*args, **kwargs)
 
-    monkeypatch.setattr(Message.objects, "bulk_update", fail)
+    monkeypatch.setattr(Message.objects, "bulk_create", fail_on_the_third_level)
     with pytest.raises(RuntimeError):
         exports.save(alice, parsed)
+    assert len(calls) == 3
     assert counts() == (0, 0)
 
 
