@@ -27,6 +27,8 @@ def _setup(tmp: Path) -> None:
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-exports-secret")
+    # The largest file here (4,000 conversations) is past the default cap of 50 MiB.
+    os.environ["CHAT_IMPORT_MAX_BYTES"] = str(1024 * 1024 * 1024)
     import django
 
     django.setup()
@@ -145,8 +147,11 @@ def _peak(fn) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", help="numbers of conversations, comma-separated")
     args = parser.parse_args(argv)
     sizes = [50, 200] if args.quick else [100, 1000, 4000]
+    if args.sizes:
+        sizes = [int(size) for size in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-exports-") as tmp:
         _setup(Path(tmp))
         from django.contrib.auth import get_user_model
