@@ -149,3 +149,26 @@ class UserSettingsForm(forms.ModelForm):
         field = self.fields["custom_instructions"]
         field.validators += [MaxLengthValidator(settings.CHAT_MAX_MESSAGE_CHARS), storable]
         field.widget.attrs["maxlength"] = str(settings.CHAT_MAX_MESSAGE_CHARS)
+
+
+class ImportForm(forms.Form):
+    """A file of conversations to import (chat.exports: this app's JSON export, or
+    ChatGPT's conversations.json); its size is checked before it is read."""
+
+    file = forms.FileField(
+        label="Export file",
+        help_text="This app's JSON export (one conversation or all), or conversations.json "
+        "from ChatGPT's data export.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json"}),
+    )
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        limit = settings.CHAT_IMPORT_MAX_BYTES
+        if upload.size > limit:
+            raise ValidationError(
+                f"The file is too large: {upload.size:,} bytes, and the most this site "
+                f"imports is {limit:,}.",
+                code="too_large",
+            )
+        return upload

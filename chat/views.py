@@ -36,7 +36,7 @@ from chat import search, titles
 from chat.attachments import images_by_model
 from chat.capabilities import api_style, efforts_by_model
 from chat.catalog import default_among, is_offered, models_listed
-from chat.forms import ConversationSettingsForm, UserSettingsForm
+from chat.forms import ConversationSettingsForm, ImportForm, UserSettingsForm
 from chat.models import Conversation, Message, SiteSettings, UserSettings
 from chat.prompts import conversation_settings
 from chat.streams import channel_layer, stop_answers
@@ -258,7 +258,7 @@ def user_settings(request: HttpRequest) -> HttpResponse:
         form.save()
         django_messages.success(request, "Your custom instructions are saved.")
         return redirect("settings")
-    return render(request, "chat/settings.html", {"form": form})
+    return render(request, "chat/settings.html", {"form": form, "import_form": ImportForm()})
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):

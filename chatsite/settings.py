@@ -405,6 +405,12 @@ CHAT_MAX_PENDING_IMAGES = envcount("CHAT_MAX_PENDING_IMAGES", 20)
 # `input_modalities`): ids or id prefixes, comma-separated; empty: none.
 CHAT_IMAGE_MODELS = [m.strip() for m in os.getenv("CHAT_IMAGE_MODELS", "").split(",") if m.strip()]
 
+# Imports (chat.exports, docs/export-format.md): the largest file, checked before it is
+# read, and the most conversations and messages one file may bring.
+CHAT_IMPORT_MAX_BYTES = envcount("CHAT_IMPORT_MAX_BYTES", 50 * 1024 * 1024)
+CHAT_IMPORT_MAX_CONVERSATIONS = envcount("CHAT_IMPORT_MAX_CONVERSATIONS", 10000)
+CHAT_IMPORT_MAX_MESSAGES = envcount("CHAT_IMPORT_MAX_MESSAGES", 250000)
+
 # The most a conversation's "max output tokens" setting may ask for; a larger setting also
 # keeps that much room for the answer in the context window.
 CHAT_MAX_OUTPUT_TOKENS = envint("CHAT_MAX_OUTPUT_TOKENS", 65536)

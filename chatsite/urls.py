@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import attachment_views, reports, themes, views
+from chat import attachment_views, export_views, reports, themes, views
 from chat.models import UsageDay
 
 # The usage report is the UsageDay changelist, kept at the address the docs give.
@@ -38,4 +38,8 @@ urlpatterns = [
     path("admin/usage/user/<int:user_id>/", reports.user_usage, name="admin_usage_user"),
     path("admin/", admin.site.urls),
     path("settings/theme/", themes.save_theme, name="save_theme"),
+    path("c/<int:conversation_id>/export.md", export_views.export_markdown, name="export_markdown"),
+    path("c/<int:conversation_id>/export.json", export_views.export_json, name="export_json"),
+    path("export/", export_views.export_all, name="export_all"),
+    path("import/", export_views.import_view, name="import"),
 ]

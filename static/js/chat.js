@@ -479,7 +479,7 @@ function showConversationActions(conversation) {
   del.className = "delete-link";
   del.href = urlFor("delete", conversation.id);
   del.textContent = "Delete";
-  conversationActions.append(form, del);
+  conversationActions.append(form, del, exportLinks(conversation));
 }
 
 // ---------------------------------------------------------------- notices
@@ -1774,6 +1774,28 @@ function initPhoneAndTablet() {
   DRAWER_QUERY.addEventListener("change", onDrawerQueryChange);
   window.visualViewport?.addEventListener("resize", fitVisualViewport);
   fitVisualViewport();
+}
+
+// ---------------------------------------------------------------- exports
+
+// "Export: Markdown · JSON" under a conversation's actions, as chat.html renders them.
+function exportLinks(conversation) {
+  const links = document.createElement("p");
+  links.id = "export-links";
+  links.className = "export-links";
+  const markdown = exportLink("export-md-link", urlFor("exportMd", conversation.id), "Markdown");
+  const json = exportLink("export-json-link", urlFor("exportJson", conversation.id), "JSON");
+  links.append("Export: ", markdown, " · ", json);
+  return links;
+}
+
+function exportLink(id, href, text) {
+  const link = document.createElement("a");
+  link.id = id;
+  link.href = href;
+  link.download = "";
+  link.textContent = text;
+  return link;
 }
 
 // ---------------------------------------------------------------- start
