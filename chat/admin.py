@@ -94,10 +94,11 @@ class UsageAdmin(ReadOnlyAdmin):
     search_fields = ("user__username", "model", "response_id")
     list_select_related = ("user",)
     date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")  # newest first
 
-    @admin.display(description="cost (USD)")
-    def cost_usd(self, obj: Usage):
-        return obj.cost_usd
+    @admin.display(description="Cost", ordering="cost_in_usd_ticks")
+    def cost_usd(self, obj: Usage) -> str:
+        return reports.money(obj.cost_in_usd_ticks, sign=True)
 
 
 @admin.register(ModelPrice)
@@ -261,11 +262,11 @@ class UsageDayAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Cost (USD)", ordering="cost_in_usd_ticks")
     def cost(self, obj: UsageDay) -> str:
-        return reports.usd(obj.cost_in_usd_ticks)
+        return reports.money(obj.cost_in_usd_ticks, unpriced=reports.all_unpriced(obj))
 
     @admin.display(description="Title cost (USD)", ordering="title_cost_in_usd_ticks")
     def title_cost(self, obj: UsageDay) -> str:
-        return reports.usd(obj.title_cost_in_usd_ticks)
+        return reports.money(obj.title_cost_in_usd_ticks)
 
     @staticmethod
     def period(request: HttpRequest, changelist: Any) -> reports.Period | None:

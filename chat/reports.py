@@ -73,6 +73,25 @@ def usd(ticks: int | None) -> str:
     return f"{value:f}"
 
 
+# A cost that no price gave (chat.billing): said as such, never as $0.0000.
+UNPRICED = "—"
+
+
+def money(ticks: int | None, *, unpriced: bool = False, sign: bool = False) -> str:
+    """A cost as the reports and the admin show it: `usd`, with a dollar sign where no
+    column heading says "USD" (`sign`); UNPRICED for a ledger row with no cost, or for sums
+    whose every request was unpriced (`unpriced`)."""
+    if ticks is None or unpriced:
+        return UNPRICED
+    return f"${usd(ticks)}" if sign else usd(ticks)
+
+
+def all_unpriced(row: Mapping[str, Any] | Any) -> bool:
+    """Sums of requests none of which had a price: their cost is unknown, not zero."""
+    get = row.get if isinstance(row, Mapping) else lambda name: getattr(row, name)
+    return bool(get("requests")) and get("unpriced") == get("requests")
+
+
 def csv_safe(value: Any) -> Any:
     """A text cell that spreadsheets will not run as a formula."""
     if isinstance(value, str) and value and value[0] in "=+-@\t\r":
@@ -191,7 +210,12 @@ class PeriodForm(forms.Form):
 def cells(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row's cells after its first: counts, tokens, cost."""
     return [
-        {"name": name, "value": usd(row["cost_in_usd_ticks"]) if name == "cost" else row[name]}
+        {
+            "name": name,
+            "value": money(row["cost_in_usd_ticks"], unpriced=all_unpriced(row))
+            if name == "cost"
+            else row[name],
+        }
         for name, _ in COLUMNS
     ]
 
@@ -524,7 +548,7 @@ def user_usage(request: HttpRequest, user_id: int) -> HttpResponse:
     messages_url = reverse("admin:chat_message_changelist")
     conversations = []
     for row in page.object_list:
-        item = {**row, "cost": usd(row["cost_in_usd_ticks"])}
+        item = {**row, "cost": money(row["cost_in_usd_ticks"], unpriced=all_unpriced(row))}
         if row["conversation_id"] is not None:
             item["admin_url"] = reverse(
                 "admin:chat_conversation_change", args=[row["conversation_id"]]

@@ -44,6 +44,8 @@ from chat.streams import channel_layer, stop_answers
 logger = logging.getLogger(__name__)
 SIDEBAR_LIMIT = 200
 MESSAGES_PER_PAGE = 200
+# Said next to the disabled Send button when XAI_API_KEY is empty, and nowhere else.
+NO_KEY_REASON = "No xAI API key is configured: set XAI_API_KEY and restart the app to send."
 
 
 def _get_conversation_for_user(request: HttpRequest, conversation_id: int) -> Conversation:
@@ -109,6 +111,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
         **picker,
         "api_key_configured": bool(settings.XAI_API_KEY),
+        "no_key_reason": NO_KEY_REASON,
         # Web and X search and the encrypted reasoning sent back need the Responses API.
         "api_style": style,
         "responses_api": style == "responses",

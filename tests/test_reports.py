@@ -239,7 +239,7 @@ def test_the_totals_equal_the_sum_of_the_rows_and_of_what_was_spent(client, staf
     totals = report_totals(html)
     for name in ("requests", "errors", "estimated", *billing.TOKEN_FIELDS):
         assert sum(int(row[name]) for row in rows) == int(totals[name]), name
-    assert sum(Decimal(row["cost"]) for row in rows) == Decimal(totals["cost"])
+    assert sum(money_value(row["cost"]) for row in rows) == Decimal(totals["cost"])
     # ...and both are what the ledger recorded.
     for name in billing.TOKEN_FIELDS:
         assert int(totals[name]) == sum(getattr(r, name) for r in ledger), name
@@ -332,6 +332,11 @@ def test_an_unknown_filter_is_refused_by_the_changelist(client, staff, ledger):
     assert client.get("/admin/usage/?e=1").status_code == 200
 
 
+def money_value(text: str) -> Decimal:
+    """A cost cell's amount: "—" (unpriced requests only) counts as nothing."""
+    return Decimal(0) if text == reports.UNPRICED else Decimal(text)
+
+
 def sort_link(html: str, label: str) -> str:
     """The query of the link that sorts by the column headed `label` (first click)."""
     return re.search(rf'<div class="text"><a href="\?(o=[^"]+)">{label}</a>', html).group(1)
@@ -351,7 +356,7 @@ def sort_link(html: str, label: str) -> str:
 def test_the_report_sorts_by_a_column_either_way(client, staff, ledger, label, column, numeric):
     client.force_login(staff)
     html = page_html(client, "/admin/usage/")
-    key = {True: int, "money": Decimal, False: str}[numeric]
+    key = {True: int, "money": money_value, False: str}[numeric]
     query = sort_link(html, label)
     orders = []
     for _ in range(2):  # the sorted column's header links to the other direction
@@ -412,7 +417,10 @@ def test_the_csv_holds_the_table_every_row_in_the_same_order(client, staff, ledg
     assert header[:3] == ["day", "user__username", "model"]
     assert header[-6:-3] == ["cost_usd", "title_requests", "title_cost_usd"]
     assert header[-3:] == ["tool_calls", "web_search_calls", "x_search_calls"]
-    assert body == shown
+    # The CSV's numbers add up: a day of unpriced requests only is 0.0000 there, "—" shown.
+    assert body == [
+        [("0.0000" if cell == reports.UNPRICED else cell) for cell in row] for row in shown
+    ]
     # Numbers are plain integers and the costs decimal strings.
     for row in body:
         assert all(re.fullmatch(r"\d+", value) for value in [*row[3:-6], row[-5], *row[-3:]])
@@ -550,7 +558,8 @@ def test_the_drill_down_lists_the_users_conversations_with_their_sums(client, st
         assert int(cells[6]) == sum(p // 4 for p, *_ in spent[conversation.id])
         assert int(cells[7]) == sum(p + c + r for p, c, r, _ in spent[conversation.id])
         ticks = sum(cost or 0 for *_, cost in spent[conversation.id])
-        assert cells[8] == reports.usd(ticks)
+        unpriced = all(cost is None for *_, cost in spent[conversation.id])
+        assert cells[8] == (reports.UNPRICED if unpriced else reports.usd(ticks))
     assert "Bob&#x27;s secret" not in html and "Bob's secret" not in html
     # Links to the conversation, its messages and the ledger rows, which the admin serves.
     assert f'href="/admin/chat/conversation/{trip.id}/change/"' in html

@@ -9,11 +9,14 @@ const composer = document.getElementById("composer");
 const promptEl = document.getElementById("prompt");
 const modelPicker = document.getElementById("model-picker");
 const sendButton = document.getElementById("send-button");
+// Why nothing can be sent from this page (no API key), said next to Send; "" when it can.
+const sendBlockedReason = sendButton.dataset.blockedReason || "";
 const stopButton = document.getElementById("stop-button");
 const noticeEl = document.getElementById("notice");
 const noticeText = noticeEl.querySelector(".notice-text");
 const noticeDismiss = noticeEl.querySelector(".notice-dismiss");
 const connectionStatus = document.getElementById("connection-status");
+const loggedOutEl = document.getElementById("logged-out");
 const assistantTemplate = document.getElementById("assistant-message-template");
 const userTemplate = document.getElementById("user-message-template");
 const sidebar = document.getElementById("sidebar");
@@ -399,7 +402,8 @@ function updateStopButton() {
 }
 
 function updateSendButton() {
-  sendButton.disabled = !promptEl.value.trim() || pending !== null || uploadsInFlight();
+  sendButton.disabled =
+    sendBlockedReason !== "" || !promptEl.value.trim() || pending !== null || jumping !== null || uploadsInFlight();
 }
 
 // ---------------------------------------------------------------- sidebar
@@ -499,7 +503,6 @@ const CONNECTION_TEXT = {
   connecting: () => "Connecting…",
   connected: () => "Connected",
   reconnecting: () => `Connection lost. Reconnecting in ${(retryDelay / 1000).toFixed(1)} s…`,
-  "logged-out": () => "You are logged out. Log in again in a new tab to go on; what you typed is kept here.",
 };
 
 function setConnectionStatus(state) {
@@ -536,7 +539,7 @@ function sendPending() {
 
 // Send a frame that starts an answer, with its own client_id; false if one is on its way.
 function requestAnswer(frame, content = null) {
-  if (pending !== null) return false;
+  if (pending !== null || sendBlockedReason !== "") return false; // no key: said by Send already
   if (!socketIsOpen()) {
     showNotice("Not connected to the server yet. Your message is kept; try again in a moment.");
     return false;
@@ -550,6 +553,7 @@ function requestAnswer(frame, content = null) {
 const CLOSE_LOGGED_OUT = 4401;
 
 function connect() {
+  if (loggedOut) return; // see "session"
   received = 0;
   acknowledged = 0;
   socket = new WebSocket(SOCKET_URL);
@@ -570,12 +574,11 @@ function onSocketOpen() {
 
 function onSocketClose(event) {
   clearInterval(pingTimer);
-  if (event.code === CLOSE_LOGGED_OUT) {
+  if (event.code === CLOSE_LOGGED_OUT || loggedOut) {
     // Logged out (here or in another tab): reconnecting would only be refused again. A send
-    // without message.start may or may not have been taken; its text is still in the composer.
+    // without message.start may or may not have been taken; its text is kept as a draft.
     pending = null;
-    updateSendButton();
-    setConnectionStatus("logged-out");
+    showLoggedOut();
     return;
   }
   setConnectionStatus("reconnecting");
@@ -734,6 +737,7 @@ async function loadMessages() {
     showNotice("Could not load the conversation. Reload the page to see it.");
     return;
   }
+  if (redirectedToLogin(response)) return showLoggedOut();
   if (!response.ok || conversationId !== currentConversationId) return;
   const focusedId = focusedMessageId(); // see "announcements"
   // Our own template's output, every text in it escaped: as the page itself was rendered.
@@ -790,6 +794,7 @@ function onSnapshot(frame) {
 }
 
 function onError(frame) {
+  if (frame.code === "logged_out") return; // the close (4401) that follows says it: showLoggedOut
   showNotice(frame.message || frame.code || "Something went wrong.");
   if (pending !== null && (frame.message_id === undefined || frame.message_id === null || pending.frame.type !== "send")) {
     if (pending.content !== null && !promptEl.value.trim()) promptEl.value = pending.content;
@@ -814,9 +819,12 @@ const FRAME_HANDLERS = {
 
 // ---------------------------------------------------------------- composer
 
-function submitPrompt() {
+async function submitPrompt() {
+  if (!promptEl.value.trim() || jumping !== null) return;
+  // From an older page: the newest messages first, so that the new one shows after them.
+  if (document.getElementById("latest-messages") !== null) await jumpToNewest(); // see "sending from an older page"
   const content = promptEl.value;
-  if (!content.trim()) return;
+  if (!content.trim() || loggedOut) return;
   const frame = { type: "send", content, conversation_id: currentConversationId, model: modelPicker.value || null };
   // After the last message this page shows, so that it follows what the user sees (an
   // older page of the conversation sends it after the newest, as the server chooses).
@@ -1011,6 +1019,7 @@ async function saveSettings(conversationId) {
     setSettingsStatus("Not saved: the server could not be reached.", "error");
     return;
   }
+  if (redirectedToLogin(response)) return showLoggedOut();
   const answer = await response.json().catch(() => null);
   if (response.ok && answer) {
     showSavedSettings(answer);
@@ -1798,10 +1807,71 @@ function exportLink(id, href, text) {
   return link;
 }
 
+// ---------------------------------------------------------------- sending from an older page
+// A page of earlier messages (?before=<id>) shows the newest ones before a send, as the
+// conversation's own address, so that the new message and its answer follow them.
+
+let jumping = null;
+
+async function jumpToNewest() {
+  jumping = refreshMessages();
+  updateSendButton();
+  try {
+    await jumping;
+  } finally {
+    jumping = null;
+    updateSendButton();
+  }
+  if (currentConversationId !== null && document.getElementById("latest-messages") === null) {
+    history.replaceState(null, "", urlFor("conversation", currentConversationId));
+  }
+}
+
+// ---------------------------------------------------------------- session
+// Logged out elsewhere (another tab, a password change, an admin): the page says so and
+// nothing else, stops reconnecting, and keeps what was typed for after the login. Any
+// fetch of ours that login_required sent to the login page says the same (redirectedToLogin).
+
+let loggedOut = false;
+
+function draftKey() {
+  return `grokchat:draft:${location.pathname}${location.search}`;
+}
+
+function redirectedToLogin(response) {
+  return response.redirected && new URL(response.url).pathname === loggedOutEl.dataset.loginUrl;
+}
+
+function showLoggedOut() {
+  if (loggedOut) return;
+  loggedOut = true;
+  clearInterval(pingTimer);
+  if (socket !== null && socket.readyState === WebSocket.OPEN) socket.close();
+  if (promptEl.value.trim()) sessionStorage.setItem(draftKey(), promptEl.value);
+  const next = new URLSearchParams({ next: location.pathname + location.search });
+  const link = loggedOutEl.querySelector("a");
+  link.href = `${loggedOutEl.dataset.loginUrl}?${next}`;
+  for (const element of document.body.children) {
+    if (element !== loggedOutEl && element.tagName !== "SCRIPT") element.inert = true;
+  }
+  document.body.classList.add("is-logged-out");
+  loggedOutEl.hidden = false;
+  link.focus();
+}
+
+// The draft a logout left, back in the composer of the same page after the login.
+function restoreDraft() {
+  const draft = sessionStorage.getItem(draftKey());
+  if (draft === null) return;
+  sessionStorage.removeItem(draftKey());
+  if (!promptEl.value.trim()) promptEl.value = draft;
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
   for (const article of messagesEl.querySelectorAll("article.message")) hydrateArticle(article);
+  restoreDraft(); // see "session"
   updateStopButton();
   updateSendButton();
   scrollToBottom();

@@ -1,3 +1,5 @@
+import os
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -7,7 +9,10 @@ class Command(BaseCommand):
     help = "Say where the app runs and how to log in for the first time."
 
     def handle(self, *args, **options) -> None:
-        url = "http://127.0.0.1:8000/"
+        # Where `make run` serves (Makefile): HOST and PORT, from the environment or .env.
+        host = os.environ.get("HOST") or "127.0.0.1"
+        port = os.environ.get("PORT") or "8000"
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         if not get_user_model().objects.exists():
             self.stdout.write(
                 self.style.SUCCESS(
@@ -20,6 +25,6 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.WARNING(
                     "XAI_API_KEY is not set: the app runs, but answers need a key "
-                    "(XAI_API_KEY=xai-... make run)."
+                    "(XAI_API_KEY=xai-... make run, or put it in .env)."
                 )
             )
