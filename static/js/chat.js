@@ -1471,6 +1471,7 @@ function renderStreaming(target, text) {
   const open = cut ? tokens.slice(cut.index) : tokens;
   state.tail = sanitizedNodes(md.renderer.render(open, md.options, env).trim(), state.hasNodes);
   target.append(...state.tail);
+  if (renderStats) renderStats.lastText = text;
   if (renderStats?.check) checkAgainstFullRender(target, text);
 }
 
@@ -1568,7 +1569,7 @@ function checkAgainstFullRender(target, text) {
 }
 
 if (renderStats) {
-  Object.assign(renderStats, { frames: [], checked: 0, mismatches: [], fullRender: fullRenderHtml });
+  Object.assign(renderStats, { frames: [], checked: 0, lastText: null, mismatches: [], fullRender: fullRenderHtml });
 }
 
 // ---------------------------------------------------------------- start
