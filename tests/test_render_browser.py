@@ -96,7 +96,9 @@ here.
 [2]: <https://example.com/two>
 """
 
-LONG_CODE = "```js\n" + "".join(f"const v{i} = {i} * 2; // line {i}\n" for i in range(120)) + "```\n"
+LONG_CODE = (
+    "```js\n" + "".join(f"const v{i} = {i} * 2; // line {i}\n" for i in range(120)) + "```\n"
+)
 
 
 def by_lines(text: str) -> list[str]:
@@ -202,7 +204,9 @@ def test_a_streaming_answer_shows_the_full_render_of_its_text_so_far_after_every
 
     answer = page.locator(ANSWER)
     expect(answer).to_have_attribute("data-state", "complete")
-    stats = page.evaluate("() => ({checked: window.__renderStats.checked, mismatches: window.__renderStats.mismatches})")
+    stats = page.evaluate(
+        "() => ({checked: window.__renderStats.checked, mismatches: window.__renderStats.mismatches})"
+    )
     assert stats["mismatches"] == []
     assert stats["checked"] >= len(pieces)  # every piece had a frame, each one compared
     shown, full = shown_and_full(page, text)
