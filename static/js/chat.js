@@ -1449,7 +1449,8 @@ function renderAnswerText(target, entry) {
 
 // `stable`: the text whose blocks are kept; `references`: the link definitions in it;
 // `shownRefs`: the definitions the kept chunks were rendered with; `chunks`: {src, norm,
-// nodes} in order; `tail`: the nodes of the open block(s), rebuilt each frame.
+// separated, nodes} in order; `tail`: the nodes of the open block(s), rebuilt each frame;
+// `hasNodes`: whether anything is kept yet (a "\n" then goes before what comes next).
 function newStreamState(target) {
   target.replaceChildren();
   const state = { stable: "", references: {}, shownRefs: {}, chunks: [], tail: [], hasNodes: false };
