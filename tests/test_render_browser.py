@@ -6,7 +6,8 @@ The page's test hook: an init script sets `window.__renderStats = {check}` befor
 runs; chat.js then records each frame's characters handed to markdown-it (`frames`), and
 with `check` compares the answer's DOM after every streaming frame with a full render of
 the same text (`checked`, `mismatches`, `lastText`). `fullRender(text)` is the function an
-ended answer is rendered with (sanitised, highlighted, code blocks with their Copy button).
+ended answer is rendered with (sanitised, highlighted, code blocks with their Copy button);
+`streamInto(element, text)` is the streaming render a frame does.
 
 What is promised, and asserted exactly: after every frame, the answer's innerHTML equals
 the full render of the text received so far (no allowed difference: the open block is
@@ -279,3 +280,49 @@ def test_each_frame_parses_about_the_same_number_of_characters_however_long_the_
     # A full re-render would hand each frame the whole text so far: 20,000 characters.
     assert max(long) <= 1.5 * max(short), (max(short), max(long))
     assert sum(long) <= 4 * 20_000, sum(long)
+
+
+# Random documents from these lines, each streamed into a detached element a few characters
+# at a time by the page's own streaming render, and compared with the full render after
+# every step: in the page, so that thousands of steps take seconds.
+FUZZ = r"""([seed, documents]) => {
+  const lines = ["# H1", "Para *em* [x][r1] and [r2][]", "Setext", "---", "===", "- a", "- b",
+    "  - nested", "1. one", "2. two", "10) ten", "> q", "> > qq", "lazy", "| a | b |", "|---|:-:|",
+    "| c | d |", "```js", "```", "~~~", "const x = `s`; // c", "    indented", "[r1]: https://e.com/1",
+    "[r2]: /u2 'T'", "[R1]: /dup", "[x]", "***", "* star", "+ plus", "  cont", "\t tab", "", "", "",
+    "[r3]:\n/u3", "<http://a.b>", "www.example.com", "[js](javascript:alert(1))", "2. continuing",
+    "  > quoted in list", "Term  ", "\\- esc", "    ", "[r1]: /u1 \"t", "\r", "a\rb", "<b>no html</b>"];
+  let state = seed;
+  const random = () => { state = (state * 1103515245 + 12345) % 2147483648; return state / 2147483648; };
+  const stats = window.__renderStats;
+  const failures = [];
+  let steps = 0;
+  for (let d = 0; d < documents; d++) {
+    let text = "";
+    const count = 3 + Math.floor(random() * 25);
+    for (let i = 0; i < count; i++) {
+      if (i) text += random() < 0.3 ? "\n\n" : random() < 0.05 ? "\r\n" : "\n";
+      text += lines[Math.floor(random() * lines.length)];
+    }
+    const box = document.createElement("div");
+    for (let at = 0; at < text.length;) {
+      at = Math.min(text.length, at + 1 + Math.floor(random() * 5));
+      stats.streamInto(box, text.slice(0, at));
+      steps += 1;
+      if (box.innerHTML !== stats.fullRender(text.slice(0, at))) {
+        failures.push(text.slice(0, at));
+        break;
+      }
+    }
+  }
+  return { failures, steps };
+}"""
+
+
+def test_random_documents_streamed_a_few_characters_at_a_time_equal_their_full_render_at_each_step(
+    page: Page, live: str
+) -> None:
+    open_chat(page, live, check=False)
+    result = page.evaluate(FUZZ, [16, 150])
+    assert result["failures"] == []
+    assert result["steps"] > 5_000  # 150 documents of 3 to 27 lines, 1 to 5 characters a step

@@ -1570,7 +1570,9 @@ function checkAgainstFullRender(target, text) {
 }
 
 if (renderStats) {
-  Object.assign(renderStats, { frames: [], checked: 0, lastText: null, mismatches: [], fullRender: fullRenderHtml });
+  Object.assign(renderStats, {
+    frames: [], checked: 0, lastText: null, mismatches: [], fullRender: fullRenderHtml, streamInto: renderStreaming,
+  });
 }
 
 // ---------------------------------------------------------------- start
