@@ -311,7 +311,7 @@ function renderEntry(entry) {
   reasoning.hidden = !entry.reasoning;
   const reasoningText = reasoning.querySelector(".reasoning-text");
   if (reasoningText.textContent !== entry.reasoning) reasoningText.textContent = entry.reasoning;
-  renderMarkdown(article.querySelector(".content"), entry.content);
+  renderAnswerText(article.querySelector(".content"), entry);
   const error = article.querySelector(".error");
   const showError = Boolean(entry.error) || entry.state === "error";
   error.hidden = !showError;
@@ -376,6 +376,7 @@ function scheduleRender(id) {
 }
 
 function flushRenders() {
+  const started = performance.now();
   frameRequested = false;
   const follow = isNearBottom();
   for (const id of dirtyIds) {
@@ -384,6 +385,7 @@ function flushRenders() {
   }
   dirtyIds.clear();
   if (follow) scrollToBottom();
+  noteFrame(started);
 }
 
 function renderNow(entry, id) {
@@ -1865,6 +1867,160 @@ function restoreDraft() {
   if (draft === null) return;
   sessionStorage.removeItem(draftKey());
   if (!promptEl.value.trim()) promptEl.value = draft;
+}
+
+// ---------------------------------------------------------------- streaming markdown
+// While an answer streams, its finished Markdown blocks are rendered once and kept; each
+// frame parses and renders only the text after them (the open block), so a frame costs
+// the same however long the answer is. An ended or stored answer gets one full render
+// (renderMarkdown), and each frame's DOM equals that full render of the text so far.
+// A block is finished when markdown-it has started a next block after it on a complete
+// line, and a blank line (or a block that cannot go on: heading, fence, rule) lies between.
+
+const CLOSED_BLOCKS = new Set(["heading_open", "fence", "hr"]);
+// Lines end as markdown-it ends them (it turns "\r\n" and "\r" into "\n" before parsing).
+const LINE_END = /\r\n?|\n/g;
+const BLANK_LINE = /^[ \t]*(\r\n?|\n)$/;
+const streamStates = new WeakMap(); // an answer's .content -> what of it is kept (newStreamState)
+// Set only by the tests and the benchmark (an init script), which read what each frame did.
+const renderStats = window.__renderStats ?? null;
+let frameChars = 0; // characters handed to markdown-it in this frame
+
+function renderAnswerText(target, entry) {
+  if (entry.state === "streaming") {
+    renderStreaming(target, entry.content);
+    return;
+  }
+  streamStates.delete(target);
+  renderMarkdown(target, entry.content);
+}
+
+// `stable`: the text whose blocks are kept; `references`: the link definitions in it;
+// `shownRefs`: the definitions the kept chunks were rendered with; `chunks`: {src, norm,
+// separated, nodes} in order; `tail`: the nodes of the open block(s), rebuilt each frame;
+// `hasNodes`: whether anything is kept yet (a "\n" then goes before what comes next).
+function newStreamState(target) {
+  target.replaceChildren();
+  const state = { stable: "", references: {}, shownRefs: {}, chunks: [], tail: [], hasNodes: false };
+  streamStates.set(target, state);
+  return state;
+}
+
+function renderStreaming(target, text) {
+  let state = streamStates.get(target);
+  // A snapshot replaces the text rather than extends it: start again (a memcmp, no parse).
+  if (!state || !text.startsWith(state.stable)) state = newStreamState(target);
+  const tail = text.slice(state.stable.length);
+  const env = { references: { ...state.references } };
+  const tokens = parseCounted(tail, env);
+  refreshReferences(state, env.references);
+  for (const node of state.tail) node.remove();
+  const cut = finishedBlocks(tail, tokens);
+  if (cut) keepChunk(target, state, tail.slice(0, cut.offset), tokens.slice(0, cut.index), env);
+  const open = cut ? tokens.slice(cut.index) : tokens;
+  state.tail = sanitizedNodes(md.renderer.render(open, md.options, env).trim(), state.hasNodes);
+  target.append(...state.tail);
+  if (renderStats) renderStats.lastText = text;
+  if (renderStats?.check) checkAgainstFullRender(target, text);
+}
+
+function parseCounted(text, env) {
+  frameChars += text.length;
+  return md.parse(text, env);
+}
+
+// Where the finished blocks of `tail` end: {offset, index of the first token after them}.
+function finishedBlocks(tail, tokens) {
+  const starts = lineStarts(tail);
+  let previous = null;
+  let cut = null;
+  tokens.forEach((token, index) => {
+    if (token.level !== 0 || token.nesting === -1 || !token.map) return;
+    const line = token.map[0];
+    // A next block's first line still growing may yet turn out to continue this one ("2" -> "2. item").
+    const complete = line + 1 < starts.length;
+    const blank = line > 0 && BLANK_LINE.test(tail.slice(starts[line - 1], starts[line]));
+    const closed = previous !== null && CLOSED_BLOCKS.has(previous.type) && previous.map[1] === line;
+    if (previous !== null && complete && (blank || closed)) cut = { offset: starts[line], index };
+    previous = token;
+  });
+  return cut;
+}
+
+function lineStarts(text) {
+  const starts = [0];
+  for (const end of text.matchAll(LINE_END)) starts.push(end.index + end[0].length);
+  return starts;
+}
+
+// The finished blocks join the kept ones; their link definitions serve every later frame.
+function keepChunk(target, state, src, tokens, env) {
+  const own = { references: { ...state.references } };
+  parseCounted(src, own); // its definitions: once per chunk, as markdown-it reads them
+  state.references = own.references;
+  state.stable += src;
+  const nodes = sanitizedNodes(md.renderer.render(tokens, md.options, env).trimEnd(), state.hasNodes);
+  state.chunks.push({ src, norm: referenceText(src), separated: state.hasNodes && nodes.length > 0, nodes });
+  state.hasNodes ||= nodes.length > 0;
+  target.append(...nodes);
+}
+
+// A full render joins blocks with "\n" and trims the ends: kept chunks and the tail do the same.
+function sanitizedNodes(html, separated) {
+  if (!html) return [];
+  const box = document.createElement("div");
+  box.innerHTML = DOMPurify.sanitize(html, PURIFY_CONFIG);
+  decorateCodeBlocks(box);
+  const nodes = [...box.childNodes];
+  return separated ? [document.createTextNode("\n"), ...nodes] : nodes;
+}
+
+// A block's text as markdown-it matches labels (case and spaces folded), to find `[label]`.
+function referenceText(src) {
+  return md.utils.normalizeReference(src).replace(/\[ /g, "[").replace(/ \]/g, "]");
+}
+
+// A definition that appears, changes or goes later re-renders the kept chunks that use it.
+function refreshReferences(state, references) {
+  const labels = changedLabels(state.shownRefs, references);
+  state.shownRefs = references;
+  if (labels.length === 0) return;
+  for (const chunk of state.chunks) {
+    if (chunk.nodes.length === 0 || !labels.some((label) => chunk.norm.includes(`[${label}]`))) continue;
+    const html = md.renderer.render(parseCounted(chunk.src, { references: { ...references } }), md.options, {});
+    const nodes = sanitizedNodes(html.trimEnd(), chunk.separated);
+    chunk.nodes[0].before(...nodes);
+    for (const node of chunk.nodes) node.remove();
+    chunk.nodes = nodes;
+  }
+}
+
+function changedLabels(before, after) {
+  const labels = new Set([...Object.keys(before), ...Object.keys(after)]);
+  return [...labels].filter((label) => before[label]?.href !== after[label]?.href || before[label]?.title !== after[label]?.title);
+}
+
+// Tests and the benchmark: what each frame parsed and how long it took.
+function noteFrame(started) {
+  if (renderStats) renderStats.frames.push({ chars: frameChars, ms: performance.now() - started });
+  frameChars = 0;
+}
+
+function fullRenderHtml(text) {
+  const box = document.createElement("div");
+  renderMarkdown(box, text);
+  return box.innerHTML;
+}
+
+function checkAgainstFullRender(target, text) {
+  renderStats.checked += 1;
+  if (target.innerHTML !== fullRenderHtml(text)) renderStats.mismatches.push(text);
+}
+
+if (renderStats) {
+  Object.assign(renderStats, {
+    frames: [], checked: 0, lastText: null, mismatches: [], fullRender: fullRenderHtml, streamInto: renderStreaming,
+  });
 }
 
 // ---------------------------------------------------------------- start
