@@ -1891,8 +1891,12 @@ function renderAnswerText(target, entry) {
     renderStreaming(target, entry.content);
     return;
   }
+  // An answer that streamed here ends with one more frame, not a full render: every frame
+  // equals the full render (tests/test_render_browser.py), which would pause a long answer's end.
+  const state = streamStates.get(target);
+  if (state && entry.content.startsWith(state.stable)) renderStreaming(target, entry.content);
+  else renderMarkdown(target, entry.content);
   streamStates.delete(target);
-  renderMarkdown(target, entry.content);
 }
 
 // `stable`: the text whose blocks are kept; `references`: the link definitions in it;
