@@ -39,10 +39,10 @@ from chat.catalog import default_among, is_offered, models_listed
 from chat.forms import ConversationSettingsForm, UserSettingsForm
 from chat.models import Conversation, Message, SiteSettings, UserSettings
 from chat.prompts import conversation_settings
+from chat.sidebar_views import sidebar_context
 from chat.streams import channel_layer, stop_answers
 
 logger = logging.getLogger(__name__)
-SIDEBAR_LIMIT = 200
 MESSAGES_PER_PAGE = 200
 
 
@@ -97,7 +97,6 @@ def _messages_context(request: HttpRequest, conversation: Conversation | None) -
 
 
 def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
-    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
     try:
         shown = _messages_context(request, conversation)
     except BadPage:
@@ -106,7 +105,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
     style = api_style()
     context = {
         **shown,
-        "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
+        **sidebar_context(request),  # the first page of the sidebar (chat.sidebar)
         **picker,
         "api_key_configured": bool(settings.XAI_API_KEY),
         # Web and X search and the encrypted reasoning sent back need the Responses API.

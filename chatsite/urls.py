@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import attachment_views, reports, views
+from chat import attachment_views, reports, sidebar_views, views
 from chat.models import UsageDay
 
 # The usage report is the UsageDay changelist, kept at the address the docs give.
@@ -37,4 +37,6 @@ urlpatterns = [
     path("admin/usage/", usage_report, name="admin_usage"),
     path("admin/usage/user/<int:user_id>/", reports.user_usage, name="admin_usage_user"),
     path("admin/", admin.site.urls),
+    path("conversations/", sidebar_views.conversation_page, name="conversation_page"),
+    path("conversations/search/", sidebar_views.search, name="search_conversations"),
 ]
