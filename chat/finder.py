@@ -183,7 +183,8 @@ def _find_sqlite(user, query: str, limit: int) -> list[Hit]:
 def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
     # websearch_to_tsquery reads any text without an error: quotes make a phrase, `-` a
     # NOT, `or` an OR; the rest is words. No prefix matching, unlike SQLite's.
-    tsquery = SearchQuery(query[:MAX_QUERY_CHARS], search_type="websearch", config=PG_CONFIG)
+    text = _CONTROL.sub(" ", query[:MAX_QUERY_CHARS])  # PostgreSQL text holds no NUL
+    tsquery = SearchQuery(text, search_type="websearch", config=PG_CONFIG)
     # The same expressions as the GIN indexes of migration 0016, so that they are used.
     message_rows = list(
         Message.objects.annotate(document=SearchVector("content", config=PG_CONFIG))
