@@ -446,6 +446,12 @@ function showConversationTitle(id, title) {
 
 function moveConversationToTop(id) {
   const item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(id))}"]`);
+  if (!item && id === currentConversationId) {
+    // Open from a later page of the sidebar, not loaded here yet: shown at the top now.
+    const title = document.getElementById("rename-input")?.value || document.title.replace(/ · Grok Chat$/, "");
+    addConversationToSidebar({ id, title });
+    return;
+  }
   const today = todayGroupList();
   if (item && item !== today.firstElementChild) {
     today.prepend(item);
