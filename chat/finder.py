@@ -1,7 +1,7 @@
 """Full-text search over a user's conversations: their titles and the text of every message,
 with the database's own engine (no extra service). On SQLite, FTS5 tables kept by triggers;
-on PostgreSQL, GIN expression indexes on to_tsvector('simple', ...) queried through
-django.contrib.postgres.search. Both made by migration 0016_full_text_search.
+on PostgreSQL, GIN indexes on to_tsvector('simple', ...) (the messages' in a stored column)
+queried through django.contrib.postgres.search. Both made by migration 0016_full_text_search.
 
 `find_conversations()` is the one entry point; the vendor-specific parts stay in here.
 (chat/search.py is something else: xAI's web and X search tools.)"""
@@ -11,8 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchVector
+from django.contrib.postgres.search import (
+    SearchHeadline,
+    SearchQuery,
+    SearchVector,
+    SearchVectorField,
+)
 from django.db import connection
+from django.db.models.expressions import RawSQL
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -21,7 +27,7 @@ from chat.models import Conversation, Message
 RESULTS = 20
 # Matching messages read, newest first, to find RESULTS distinct conversations: a user with
 # more matches than this in fewer conversations sees fewer results (the newest ones).
-MESSAGES_SCANNED = 200
+MESSAGES_SCANNED = 100
 MAX_QUERY_CHARS = 200
 SNIPPET_WORDS = 16
 # Bytes that mark where a match starts and ends in the engine's snippet. Everything else is
@@ -185,9 +191,11 @@ def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
     # NOT, `or` an OR; the rest is words. No prefix matching, unlike SQLite's.
     text = _CONTROL.sub(" ", query[:MAX_QUERY_CHARS])  # PostgreSQL text holds no NUL
     tsquery = SearchQuery(text, search_type="websearch", config=PG_CONFIG)
-    # The same expressions as the GIN indexes of migration 0016, so that they are used.
+    # Migration 0016's stored column (not a model field), and for the titles the same
+    # expression as its index, so that the GIN indexes are used.
+    stored = RawSQL('"chat_message"."search_vector"', [], output_field=SearchVectorField())
     message_rows = list(
-        Message.objects.annotate(document=SearchVector("content", config=PG_CONFIG))
+        Message.objects.annotate(document=stored)
         .filter(document=tsquery, conversation__user=user)
         .order_by("-id")
         .values_list("conversation_id", "id")[:MESSAGES_SCANNED]

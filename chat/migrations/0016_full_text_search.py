@@ -2,10 +2,19 @@
 
 SQLite: FTS5 external-content tables over chat_message(content) and chat_conversation(title),
 kept by triggers on insert, update and delete (a deleted conversation's messages go with
-the cascade), and filled from the rows that exist. PostgreSQL: GIN expression indexes on
-to_tsvector('simple', ...), the expressions Django's SearchVector(..., config="simple")
-writes, so that chat.finder's queries use them ('simple' works for every language: no
-stemming or stop words of one)."""
+the cascade), and filled from the rows that exist. A later migration that remakes either
+table on SQLite (Django copies it to alter it) drops their triggers: it must make them
+again (tests/test_finder.py checks that they exist).
+
+PostgreSQL: the messages' tsvector in a stored generated column, chat_message.search_vector
+(not a field of the model: the database keeps it), with a GIN index; the titles, short, a
+GIN expression index on the expression Django's SearchVector("title", config="simple")
+writes. Why a stored column for the messages, not an expression index: for a word in most
+messages the planner rightly walks the newest messages instead of the index, and with an
+expression it had to compute to_tsvector() again for every message it read (5 s for one
+search over 100,000 messages; docs/benchmarks.md, "Issue 16: search"). 'simple' config:
+lower-cases only, no stemming or stop words of one language, so it works for every one.
+Adding the column rewrites chat_message once."""
 
 from django.db import migrations
 
@@ -48,14 +57,16 @@ SQLITE_BACKWARD = [
     "DROP TABLE chat_message_fts",
 ]
 POSTGRESQL_FORWARD = [
-    "CREATE INDEX chat_message_content_fts ON chat_message"
-    " USING gin (to_tsvector('simple'::regconfig, COALESCE(content, '')))",
+    "ALTER TABLE chat_message ADD COLUMN search_vector tsvector GENERATED ALWAYS AS"
+    " (to_tsvector('simple'::regconfig, COALESCE(content, ''))) STORED",
+    "CREATE INDEX chat_message_content_fts ON chat_message USING gin (search_vector)",
     "CREATE INDEX chat_conversation_title_fts ON chat_conversation"
     " USING gin (to_tsvector('simple'::regconfig, COALESCE(title, '')))",
 ]
 POSTGRESQL_BACKWARD = [
     "DROP INDEX chat_conversation_title_fts",
     "DROP INDEX chat_message_content_fts",
+    "ALTER TABLE chat_message DROP COLUMN search_vector",
 ]
 
 
