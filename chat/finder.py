@@ -211,10 +211,18 @@ def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
     if not chosen:
         return []
     newest = _newest_messages(message_rows, chosen)
-    options = {"start_sel": START, "stop_sel": STOP, "config": PG_CONFIG}
     titles = dict(
         Conversation.objects.filter(id__in=chosen)
-        .annotate(marked=SearchHeadline("title", tsquery, highlight_all=True, **options))
+        .annotate(
+            marked=SearchHeadline(
+                "title",
+                tsquery,
+                config=PG_CONFIG,
+                start_sel=START,
+                stop_sel=STOP,
+                highlight_all=True,
+            )
+        )
         .values_list("id", "marked")
     )
     snippets = dict(
@@ -227,7 +235,9 @@ def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
                 min_words=max(1, SNIPPET_WORDS // 2),
                 max_fragments=1,
                 fragment_delimiter=" … ",
-                **options,
+                config=PG_CONFIG,
+                start_sel=START,
+                stop_sel=STOP,
             )
         )
         .values_list("id", "marked")
