@@ -5,7 +5,7 @@ process fills a fresh database with 2,000 conversations of 10 users, 50 messages
 (100,000 messages of 10 to 200 words from a Zipf-like vocabulary: a few words in most
 messages, most words in few), then times search requests (the view, as chat.js asks it,
 so rendering included) for common and rare words, and the sidebar's pages of
-conversations. `--quick`: 200 conversations, 10,000 messages.
+conversations. `--quick`: 100 conversations, 5,000 messages.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ QUERIES = {
 
 
 def main(quick: bool = False) -> int:
-    conversations = 200 if quick else 2_000
-    repeat = 5 if quick else 30
+    conversations = 100 if quick else 2_000
+    repeat = 3 if quick else 30
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         env = {"SQLITE_PATH": f"{tmp}/bench.sqlite3"}
