@@ -1537,7 +1537,8 @@ function syncTimeZone() {
   if (!zone) return;
   document.cookie = `tz=${encodeURIComponent(zone)}; path=/; max-age=31536000; SameSite=Lax`;
   if (zone === conversationList.dataset.timezone) return;
-  fetch(conversationList.dataset.url, { credentials: "same-origin" })
+  // As a page load: no other page is loaded meanwhile, to be joined to groups going away.
+  loadingMore = fetch(conversationList.dataset.url, { credentials: "same-origin" })
     .then((response) => (response.ok ? response.text() : null))
     .then((html) => {
       if (html === null) return;
@@ -1545,7 +1546,11 @@ function syncTimeZone() {
       conversationList.dataset.timezone = zone;
       appendConversationPage(html);
     })
-    .catch(() => {}); // the groups of the server's time zone stay: still every conversation
+    .catch(() => {}) // the groups of the server's time zone stay: still every conversation
+    .finally(() => {
+      loadingMore = null;
+      observeLoadMore();
+    });
 }
 
 function showDateGroups() {
