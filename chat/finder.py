@@ -56,11 +56,14 @@ def terms(query: str) -> list[str]:
 
 
 def fts5_query(query: str) -> str:
-    """An FTS5 MATCH expression that finds rows with every term, the last one as a prefix
-    (the user is still typing it). Each term is a quoted string, so FTS5 reads none of its
+    """An FTS5 MATCH expression that finds rows with every term, the last one of two
+    characters or more as a prefix (the user is still typing it). Each term is a quoted string, so FTS5 reads none of its
     own syntax (AND, NEAR, `*`, `-`, parentheses, column filters) in what the user typed."""
-    quoted = ['"' + term.replace('"', '""') + '"' for term in terms(query)]
-    if quoted:
+    found = terms(query)
+    quoted = ['"' + term.replace('"', '""') + '"' for term in found]
+    # One letter is not a prefix worth it: it would read most of the index (migration
+    # 0016 keeps prefix indexes of 2 to 4 characters).
+    if found and len(found[-1]) >= 2:
         quoted[-1] += "*"
     return " ".join(quoted)
 

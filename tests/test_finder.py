@@ -49,6 +49,7 @@ def test_each_fts5_term_is_quoted_and_the_last_one_is_a_prefix():
     assert fts5_query('say "hi"') == '"say" """hi"""*'
     assert fts5_query("NEAR(a b) OR c") == '"NEAR(a" "b)" "OR" "c"*'
     assert fts5_query("*") == ""
+    assert fts5_query("python a") == '"python" "a"'  # one letter: no prefix
 
 
 def test_a_snippet_is_escaped_and_only_marks_are_added():
