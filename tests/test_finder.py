@@ -47,7 +47,7 @@ def test_a_query_is_split_into_terms_without_the_engines_syntax():
 def test_each_fts5_term_is_quoted_and_the_last_one_is_a_prefix():
     assert fts5_query("roman carb") == '"roman" "carb"*'
     assert fts5_query('say "hi"') == '"say" """hi"""*'
-    assert fts5_query("NEAR(a b) OR c") == '"NEAR(a" "b)" "OR" "c"*'
+    assert fts5_query("NEAR(a b) OR cd") == '"NEAR(a" "b)" "OR" "cd"*'
     assert fts5_query("*") == ""
     assert fts5_query("python a") == '"python" "a"'  # one letter: no prefix
 
