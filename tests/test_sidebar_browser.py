@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.axe import violations
 from tests.browser import log_in, needs_chromium, send_and_wait, wait_ready, wait_until
 from tests.fake_upstream import FakeUpstream
 from tests.live import live_app
@@ -95,6 +96,7 @@ def test_all_250_conversations_are_reachable_by_scrolling_in_date_groups(page: P
     assert len(months) >= 4 and all(re.fullmatch(r"[A-Z][a-z]+ \d{4}", m) for m in months)
     assert [_month_order(m) for m in months] == sorted(map(_month_order, months), reverse=True)
     assert len(set(headings)) == len(headings)  # a group split over two pages shows once
+    assert violations(page) == []  # axe-core: nothing serious or critical in the groups
 
     # An old conversation that gets a new message moves to the top, under Today.
     page.click("#conversation-list li >> text='Chat number 249'")
@@ -129,6 +131,7 @@ def test_search_finds_a_word_inside_one_answer_and_opens_that_conversation(page:
     # The answer's own "<b>" is text in the snippet, not markup.
     expect(results.locator(".search-hit-snippet")).to_contain_text("The <b>resplendent</b> quetzal")
     expect(results.locator("b")).to_have_count(0)
+    assert violations(page) == []  # axe-core: nothing serious or critical, results shown
 
     search.press("Escape")
     expect(page.locator("#search-results")).to_be_hidden()
