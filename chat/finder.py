@@ -18,7 +18,9 @@ from django.contrib.postgres.search import (
     SearchVectorField,
 )
 from django.db import connection
+from django.db.models import Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Replace
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -36,6 +38,10 @@ START, STOP = "\x02", "\x03"
 # 'simple': lower-cases and nothing else, so it works for every language (no stemming or
 # stop words of one language: a French or Japanese message is found as it is written).
 PG_CONFIG = "simple"
+# ts_headline() drops what its parser reads as an HTML tag ("<b>", "<div class=x>"), which
+# in a chat is often code the user wrote: it reads a fullwidth "＜" instead of each "<" and
+# the snippet gets "<" back, then escaped (a message's own "＜" shows as "<" there).
+LESS_THAN = "\uff1c"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WORD = re.compile(r"\w")
 
@@ -232,12 +238,10 @@ def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
         Message.objects.filter(id__in=newest.values())
         .annotate(
             marked=SearchHeadline(
-                "content",
+                Replace("content", Value("<"), Value(LESS_THAN)),
                 tsquery,
                 max_words=SNIPPET_WORDS,
                 min_words=max(1, SNIPPET_WORDS // 2),
-                max_fragments=1,
-                fragment_delimiter=" … ",
                 config=PG_CONFIG,
                 start_sel=START,
                 stop_sel=STOP,
@@ -245,4 +249,5 @@ def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
         )
         .values_list("id", "marked")
     )
+    snippets = {i: text.replace(LESS_THAN, "<") for i, text in snippets.items()}
     return _hits(chosen, titles, newest, snippets)
