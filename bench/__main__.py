@@ -1,6 +1,7 @@
 """Run the benchmarks and print their tables: `python -m bench [scenario ...] [--quick]`.
 
-Scenarios (docs/benchmarks.md): throughput, ttft, sweep, dbwork, pages, report, logins. Each
+Scenarios (docs/benchmarks.md): throughput, ttft, sweep, dbwork, pages, report, logins,
+search. Each
 prints its own table; a summary of every figure against its target closes the run. The exit
 status is 1 when a chunk was lost or reordered or a query count grew with the data, never
 because of a timing.
@@ -12,7 +13,7 @@ import argparse
 import sys
 import time
 
-from bench import dbwork, harness, logins, pages, report, sweep, throughput, ttft
+from bench import dbwork, finder, harness, logins, pages, report, sweep, throughput, ttft
 
 SCENARIOS = {
     "throughput": throughput.main,
@@ -22,6 +23,7 @@ SCENARIOS = {
     "pages": pages.main,
     "report": report.main,
     "logins": logins.main,
+    "search": finder.main,
 }
 
 

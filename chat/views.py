@@ -39,10 +39,10 @@ from chat.catalog import default_among, is_offered, models_listed
 from chat.forms import ConversationSettingsForm, ImportForm, UserSettingsForm
 from chat.models import Conversation, Message, SiteSettings, UserSettings
 from chat.prompts import conversation_settings
+from chat.sidebar_views import sidebar_context
 from chat.streams import channel_layer, stop_answers
 
 logger = logging.getLogger(__name__)
-SIDEBAR_LIMIT = 200
 MESSAGES_PER_PAGE = 200
 # Said next to the disabled Send button when XAI_API_KEY is empty, and nowhere else.
 NO_KEY_REASON = "No xAI API key is configured: set XAI_API_KEY and restart the app to send."
@@ -99,7 +99,6 @@ def _messages_context(request: HttpRequest, conversation: Conversation | None) -
 
 
 def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
-    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
     try:
         shown = _messages_context(request, conversation)
     except BadPage:
@@ -108,7 +107,7 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
     style = api_style()
     context = {
         **shown,
-        "conversations": conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT],
+        **sidebar_context(request),  # the first page of the sidebar (chat.sidebar)
         **picker,
         "api_key_configured": bool(settings.XAI_API_KEY),
         "no_key_reason": NO_KEY_REASON,

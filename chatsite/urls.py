@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import attachment_views, export_views, reports, themes, views
+from chat import attachment_views, export_views, reports, sidebar_views, themes, views
 from chat.models import UsageDay
 
 # The usage report is the UsageDay changelist, kept at the address the docs give.
@@ -42,4 +42,6 @@ urlpatterns = [
     path("c/<int:conversation_id>/export.json", export_views.export_json, name="export_json"),
     path("export/", export_views.export_all, name="export_all"),
     path("import/", export_views.import_view, name="import"),
+    path("conversations/", sidebar_views.conversation_page, name="conversation_page"),
+    path("conversations/search/", sidebar_views.search, name="search_conversations"),
 ]

@@ -22,6 +22,9 @@ const userTemplate = document.getElementById("user-message-template");
 const sidebar = document.getElementById("sidebar");
 const sidebarToggle = document.getElementById("sidebar-toggle");
 const sidebarBackdrop = document.getElementById("sidebar-backdrop");
+// the sidebar's search (issue 16)
+const conversationSearch = document.getElementById("conversation-search");
+const searchResults = document.getElementById("search-results");
 
 const SOCKET_URL = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws/chat/`;
 const RETRY_MIN_MS = 500;
@@ -430,7 +433,8 @@ function addConversationToSidebar(conversation) {
     item.append(link);
   }
   item.querySelector("a").textContent = conversation.title;
-  conversationList.prepend(item);
+  todayGroupList().prepend(item);
+  removeEmptyGroups();
   markCurrentConversation(conversation.id);
 }
 
@@ -451,7 +455,17 @@ function showConversationTitle(id, title) {
 
 function moveConversationToTop(id) {
   const item = conversationList.querySelector(`li[data-conversation-id="${CSS.escape(String(id))}"]`);
-  if (item && item !== conversationList.firstElementChild) conversationList.prepend(item);
+  if (!item && id === currentConversationId) {
+    // Open from a later page of the sidebar, not loaded here yet: shown at the top now.
+    const title = document.getElementById("rename-input")?.value || document.title.replace(/ · Grok Chat$/, "");
+    addConversationToSidebar({ id, title });
+    return;
+  }
+  const today = todayGroupList();
+  if (item && item !== today.firstElementChild) {
+    today.prepend(item);
+    removeEmptyGroups();
+  }
 }
 
 function csrfToken() {
@@ -2027,6 +2041,189 @@ if (renderStats) {
   });
 }
 
+// ---- sidebar pages, date groups and search (issue 16) ----
+// The server groups conversations by date (chat.sidebar) in the browser's time zone, kept
+// in the `tz` cookie; the "Load more" button at the end of #conversation-list fetches the
+// next page, when clicked or when it scrolls into view. Search (chat.finder) shows its
+// results in #search-results in place of the groups.
+
+const SEARCH_DELAY_MS = 250;
+let loadingMore = null;
+let searchTimer = null;
+let searchAbort = null;
+const loadMoreObserver = "IntersectionObserver" in window
+  ? new IntersectionObserver(onLoadMoreVisible, { root: conversationList, rootMargin: "200px" })
+  : null;
+
+// Our own templates' output, every text in it escaped by Django: as the page was rendered.
+function parseFragment(html) {
+  return document.createRange().createContextualFragment(html);
+}
+
+function todayGroupList() {
+  let group = conversationList.querySelector('section.conversation-group[data-group="today"]');
+  if (!group) {
+    group = document.createElement("section");
+    group.className = "conversation-group";
+    group.dataset.group = "today";
+    const heading = document.createElement("h2");
+    heading.className = "conversation-group-heading";
+    heading.textContent = "Today";
+    group.append(heading, document.createElement("ul"));
+    conversationList.prepend(group);
+  }
+  return group.querySelector("ul");
+}
+
+function removeEmptyGroups() {
+  for (const group of conversationList.querySelectorAll("section.conversation-group")) {
+    if (!group.querySelector("li")) group.remove();
+  }
+}
+
+// A page's groups after those shown: its first group joins the last one when they are the
+// same date group, and a conversation already shown (it moved up meanwhile) is left out.
+function appendConversationPage(html) {
+  const fragment = parseFragment(html);
+  for (const item of fragment.querySelectorAll("li[data-conversation-id]")) {
+    if (conversationList.querySelector(`li[data-conversation-id="${CSS.escape(item.dataset.conversationId)}"]`)) item.remove();
+  }
+  const groups = conversationList.querySelectorAll("section.conversation-group");
+  const last = groups[groups.length - 1];
+  const first = fragment.querySelector("section.conversation-group");
+  if (last && first && first.dataset.group === last.dataset.group) {
+    last.querySelector("ul").append(...first.querySelectorAll("li"));
+    first.remove();
+  }
+  conversationList.append(fragment);
+  removeEmptyGroups();
+  markCurrentConversation(currentConversationId);
+  observeLoadMore();
+}
+
+function loadMoreConversations() {
+  const button = conversationList.querySelector("button.load-more");
+  if (!button || loadingMore) return loadingMore;
+  button.disabled = true;
+  button.textContent = "Loading…";
+  loadingMore = fetch(button.dataset.url, { credentials: "same-origin" })
+    .then((response) => {
+      if (!response.ok) throw new Error(String(response.status));
+      return response.text();
+    })
+    .then((html) => {
+      button.remove();
+      appendConversationPage(html);
+    })
+    .catch(() => {
+      button.disabled = false;
+      button.textContent = "Load more";
+      showNotice("Could not load more conversations. Try again.");
+    })
+    .finally(() => { loadingMore = null; });
+  return loadingMore;
+}
+
+function onLoadMoreVisible(observed) {
+  if (observed.some((entry) => entry.isIntersecting)) loadMoreConversations();
+}
+
+function observeLoadMore() {
+  loadMoreObserver?.disconnect();
+  const button = conversationList.querySelector("button.load-more");
+  if (button) loadMoreObserver?.observe(button);
+}
+
+function onConversationListClick(event) {
+  if (event.target.closest("button.load-more")) loadMoreConversations();
+}
+
+// The groups were made in the server's idea of our time zone: when it is not ours, say
+// ours (the cookie) and fetch the first page again.
+function syncTimeZone() {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (!zone) return;
+  document.cookie = `tz=${encodeURIComponent(zone)}; path=/; max-age=31536000; SameSite=Lax`;
+  if (zone === conversationList.dataset.timezone) return;
+  // As a page load: no other page is loaded meanwhile, to be joined to groups going away.
+  loadingMore = fetch(conversationList.dataset.url, { credentials: "same-origin" })
+    .then((response) => (response.ok ? response.text() : null))
+    .then((html) => {
+      if (html === null) return;
+      conversationList.replaceChildren();
+      conversationList.dataset.timezone = zone;
+      appendConversationPage(html);
+    })
+    .catch(() => {}) // the groups of the server's time zone stay: still every conversation
+    .finally(() => {
+      loadingMore = null;
+      observeLoadMore();
+    });
+}
+
+function showDateGroups() {
+  searchAbort?.abort();
+  searchResults.hidden = true;
+  searchResults.replaceChildren();
+  conversationList.hidden = false;
+}
+
+async function runSearch(query) {
+  searchAbort?.abort();
+  searchAbort = new AbortController();
+  const url = `${conversationSearch.dataset.url}?${new URLSearchParams({ q: query })}`;
+  let html;
+  try {
+    const response = await fetch(url, { credentials: "same-origin", signal: searchAbort.signal });
+    if (!response.ok) throw new Error(String(response.status));
+    html = await response.text();
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    html = "";
+    showNotice("Search failed. Try again.");
+  }
+  if (conversationSearch.value.trim() !== query) return; // typed on meanwhile, or cleared
+  searchResults.replaceChildren(parseFragment(html));
+  searchResults.hidden = false;
+  conversationList.hidden = true;
+}
+
+function onSearchInput() {
+  clearTimeout(searchTimer);
+  const query = conversationSearch.value.trim();
+  if (!query) {
+    showDateGroups();
+    return;
+  }
+  searchTimer = setTimeout(() => runSearch(query), SEARCH_DELAY_MS);
+}
+
+function onSearchKeydown(event) {
+  if (event.key !== "Escape") return;
+  event.preventDefault();
+  clearTimeout(searchTimer);
+  conversationSearch.value = "";
+  showDateGroups();
+}
+
+// A search result's link ends in #message-<id>: show that message when it is on the page.
+function showLinkedMessage() {
+  const found = /^#message-(\d+)$/.exec(location.hash);
+  const article = found && findArticle(toId(found[1]));
+  if (!article) return;
+  article.classList.add("linked-message");
+  article.scrollIntoView({ block: "center" });
+}
+
+function initSidebar() {
+  conversationList.addEventListener("click", onConversationListClick);
+  conversationSearch.addEventListener("input", onSearchInput);
+  conversationSearch.addEventListener("keydown", onSearchKeydown);
+  observeLoadMore();
+  syncTimeZone();
+  showLinkedMessage();
+}
+
 // ---------------------------------------------------------------- start
 
 function init() {
@@ -2046,6 +2243,7 @@ function init() {
   initSearchToggles();
   initPhoneAndTablet();
   initKeyboard();
+  initSidebar();
   connect();
 }
 
