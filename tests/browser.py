@@ -37,8 +37,9 @@ def wait_until(page: Page, expression: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def wait_ready(page: Page, timeout: float = 10) -> None:
-    """Until the page says it is connected, as its user sees it in the composer bar."""
+def wait_ready(page: Page, timeout: float = 30) -> None:
+    """Until the page says it is connected, as its user sees it in the composer bar. The
+    default is generous: with both cores busy a fresh Daphne's first socket took over 10 s."""
     status = page.locator("#connection-status")
     expect(status).to_have_attribute("data-state", "connected", timeout=timeout * 1000)
     expect(status).to_have_text("Connected")

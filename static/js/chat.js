@@ -1771,7 +1771,8 @@ function onDrawerKeydown(event) {
 // or is handled on this one.
 function onSidebarClick(event) {
   const link = event.target.closest("a");
-  if (link && (conversationList.contains(link) || link.id === "new-chat")) closeDrawer({ restoreFocus: false });
+  const chosen = link && (conversationList.contains(link) || searchResults?.contains(link) || link.id === "new-chat");
+  if (chosen) closeDrawer({ restoreFocus: false });
 }
 
 function onDrawerQueryChange() {
