@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from django.contrib.postgres.search import (
+    CombinedSearchQuery,
     SearchHeadline,
     SearchQuery,
     SearchVector,
@@ -44,6 +45,7 @@ PG_CONFIG = "simple"
 LESS_THAN = "\uff1c"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WORD = re.compile(r"\w")
+_PLAIN_WORD = re.compile(r"[^\W_]+")  # letters and digits, in any script
 
 
 @dataclass(frozen=True)
@@ -195,11 +197,25 @@ def _find_sqlite(user, query: str, limit: int) -> list[Hit]:
     return _hits(chosen, titles, newest, snippets)
 
 
-def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
-    # websearch_to_tsquery reads any text without an error: quotes make a phrase, `-` a
-    # NOT, `or` an OR; the rest is words. No prefix matching, unlike SQLite's.
+def pg_query(query: str) -> SearchQuery | CombinedSearchQuery:
+    """What the user typed as a PostgreSQL tsquery: websearch_to_tsquery reads any text
+    without an error (quotes make a phrase, `-` a NOT, `or` an OR; the rest is words), and
+    a last word of letters and digits alone, of two or more, is also a prefix, as on SQLite
+    (the user is still typing it). Such a word needs no quoting in to_tsquery's syntax."""
     text = _CONTROL.sub(" ", query[:MAX_QUERY_CHARS])  # PostgreSQL text holds no NUL
-    tsquery = SearchQuery(text, search_type="websearch", config=PG_CONFIG)
+    found = terms(text)
+    last = found[-1] if found else ""
+    if len(last) < 2 or not _PLAIN_WORD.fullmatch(last):
+        return SearchQuery(text, search_type="websearch", config=PG_CONFIG)
+    prefix = SearchQuery(f"{last.lower()}:*", search_type="raw", config=PG_CONFIG)
+    rest = text[: text.rindex(last)]
+    if not terms(rest):
+        return prefix
+    return SearchQuery(rest, search_type="websearch", config=PG_CONFIG) & prefix
+
+
+def _find_postgresql(user, query: str, limit: int) -> list[Hit]:
+    tsquery = pg_query(query)
     # Migration 0016's stored column (not a model field), and for the titles the same
     # expression as its index, so that the GIN indexes are used.
     stored = RawSQL('"chat_message"."search_vector"', [], output_field=SearchVectorField())

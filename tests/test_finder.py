@@ -91,6 +91,18 @@ def test_it_finds_a_word_in_any_message_or_title_of_the_users_own_conversations(
 
 
 @pytest.mark.django_db
+def test_the_last_word_as_typed_is_a_prefix_on_either_database(alice):
+    roman = _conversation(alice, "Rome", "Tell me of the Roman carbonara", "It is good")
+    _conversation(alice, "Milan", "A Milanese risotto", "Saffron")
+    assert [h.conversation_id for h in find_conversations(alice, "roman carbo")] == [roman.id]
+    assert [h.conversation_id for h in find_conversations(alice, "CARB")] == [roman.id]
+    hit = find_conversations(alice, "carbo")[0]
+    assert "<mark>carbonara</mark>" in hit.snippet or "<mark>Carbonara</mark>" in hit.title
+    # Only the last word: the others are whole words.
+    assert find_conversations(alice, "rom carbonara") == []
+
+
+@pytest.mark.django_db
 def test_every_term_must_match_in_any_case_and_any_language(alice):
     roman = _conversation(alice, "Rome", "Tell me of the ROMAN carbonara", "It is good")
     _conversation(alice, "Milan", "A Milanese risotto", "Saffron")
