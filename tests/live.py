@@ -140,22 +140,29 @@ def daphne_process(
 
 
 def prepare_database(env: dict[str, str], *, staff: bool = False) -> None:
-    """A fresh database with the migrations applied and alice (and a staff user): a copy of
-    a template that this process made once (migrate and a shell take seconds, a copy does
-    not). On PostgreSQL the empty database app_env() made is made again from the template."""
-    template = _template(env, staff=staff)
-    url = env.get("DATABASE_URL", "")
-    if url.startswith("postgres"):
-        _copy_postgres_database(url, template)
-    else:
-        _copy_sqlite_database(Path(template), Path(env["SQLITE_PATH"]))
+    """A fresh database with the migrations applied and alice (and a staff user)."""
+    _copy_template(env, _template(env, "alice+staff" if staff else "alice"))
 
 
-# Where SQLite templates are kept: the session's temporary directory (tests/conftest.py),
-# or a directory of this process's own, removed at exit (the benchmarks).
+def migrate_database(env: dict[str, str]) -> None:
+    """A fresh database with the migrations applied and no user (as `manage.py migrate`)."""
+    _copy_template(env, _template(env, ""))
+
+
+# A live app's database is a copy of a template that this process made once: migrate and a
+# shell take seconds, a copy does not. Where SQLite templates are kept: the session's
+# temporary directory (tests/conftest.py), or a directory of this process's own, removed
+# at exit (the benchmarks).
 TEMPLATE_DIR: Path | None = None
 # (database server, settings, migrations, users) -> template file or database name.
 _TEMPLATES: dict[tuple[str, ...], str] = {}
+USERS_SCRIPT = {
+    "alice": "from django.contrib.auth.models import User;"
+    "User.objects.create_user('alice', password='alice-password-1')",
+    "alice+staff": "from django.contrib.auth.models import User;"
+    "User.objects.create_user('alice', password='alice-password-1');"
+    "User.objects.create_superuser('staff', password='staff-password-1')",
+}
 
 
 def _migrations_digest() -> str:
@@ -168,27 +175,34 @@ def _migrations_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _template(env: dict[str, str], *, staff: bool) -> str:
-    """The template for `env`'s kind of database: migrated, with alice (and staff)."""
+def _template(env: dict[str, str], users: str) -> str:
+    """The template for `env`'s kind of database: migrated, with `users` ("": none)."""
     url = env.get("DATABASE_URL", "")
     server = url.rpartition("/")[0] if url.startswith("postgres") else "sqlite"
-    base_key = (server, env.get("DJANGO_SETTINGS_MODULE", ""), _migrations_digest())
-    key = (*base_key, "alice+staff" if staff else "alice")
+    # The settings decide how passwords are hashed, not the tables.
+    settings = env.get("DJANGO_SETTINGS_MODULE", "") if users else ""
+    key = (server, settings, _migrations_digest(), users)
     if key in _TEMPLATES:
         return _TEMPLATES[key]
-    # Kept only once complete: a failed migrate leaves no template behind to be copied.
-    if base_key not in _TEMPLATES:
-        migrated = _new_template(env, base_key[-1], "migrated", None)
-        manage(_template_env(env, migrated), "migrate", "--noinput")
-        _TEMPLATES[base_key] = migrated
-    template = _new_template(env, base_key[-1], key[-1], _TEMPLATES[base_key])
-    script = "from django.contrib.auth.models import User;"
-    script += "User.objects.create_user('alice', password='alice-password-1');"
-    if staff:
-        script += "User.objects.create_superuser('staff', password='staff-password-1')"
-    manage(_template_env(env, template), "shell", "-c", script)
+    # Kept only once complete: a failed command leaves no template behind to be copied.
+    if users:
+        template = _new_template(env, key[2], users, _template(env, ""))
+        manage(_template_env(env, template), "shell", "-c", USERS_SCRIPT[users])
+    else:
+        template = _new_template(env, key[2], "migrated", None)
+        manage(_template_env(env, template), "migrate", "--noinput")
     _TEMPLATES[key] = template
     return template
+
+
+def _copy_template(env: dict[str, str], template: str) -> None:
+    """The database of `env` made a copy of `template` (on PostgreSQL the empty database
+    that app_env() made is dropped and made again from the template)."""
+    url = env.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        _copy_postgres_database(url, template)
+    else:
+        _copy_sqlite_database(Path(template), Path(env["SQLITE_PATH"]))
 
 
 def _new_template(env: dict[str, str], digest: str, name: str, source: str | None) -> str:
