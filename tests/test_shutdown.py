@@ -77,13 +77,15 @@ async def test_sigterm_saves_the_partial_answer_as_interrupted_and_tells_the_bro
 async def test_after_sigkill_the_next_start_marks_the_answer_interrupted(
     env: dict[str, str], fake_upstream_server: FakeUpstream, tmp_path
 ) -> None:
-    # Paced: the answer cannot end by itself before the kill, however slow the machine.
-    fake_upstream_server.queue(paced_stream(["tick "] * 10))
+    # Paced: a piece each time the test looks, so the answer cannot end before the kill
+    # (it did, with a stream on a timer, on a busy machine), yet a checkpoint comes.
+    fake_upstream_server.queue(paced_stream(["tick "] * 200))
     with daphne_process(env, tmp_path / "first.log") as (url, process):
         cookie = session_cookie(url, "alice", "alice-password-1")
         ws, start = await _start_answer(url, cookie)
         # Until a checkpoint has saved some of the text.
         for _ in range(120):
+            fake_upstream_server.next_piece()
             [saved] = await asyncio.to_thread(_answers, env)
             if saved["content"]:
                 break
