@@ -1,5 +1,8 @@
 """Run the benchmarks and print their tables: `python -m bench [scenario ...] [--quick]`.
 
+`--smoke` runs each scenario at the smallest sizes that still make every check, for the test
+of the harness (tests/test_bench_quick.py); its figures mean nothing.
+
 Scenarios (docs/benchmarks.md): throughput, ttft, sweep, dbwork, pages, report, logins,
 search. Each
 prints its own table; a summary of every figure against its target closes the run. The exit
@@ -36,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (all)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI (< 1 minute)")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest sizes that still run every check (quick mode, smaller): whether "
+        "the harness works, for the tests",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="leave Daphne, the client and the upstream to the scheduler (default: Daphne "
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
     harness.OPTIONS["pin"] = not args.no_pin
     harness.OPTIONS["profile_dir"] = args.profile
-    harness.OPTIONS["quick"] = args.quick
+    harness.OPTIONS["quick"] = args.quick or args.smoke
+    harness.OPTIONS["smoke"] = args.smoke
     harness.OPTIONS["services"] = args.services
     if args.levels:
         try:
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     failures = 0
     for name in args.scenarios or list(SCENARIOS):
-        failures += SCENARIOS[name](quick=args.quick)
+        failures += SCENARIOS[name](quick=harness.OPTIONS["quick"])
     _print_summary(time.monotonic() - started)
     print(f"load average at the end: {harness.load()}")
     if args.json:

@@ -27,6 +27,8 @@ NAME = "4 dbwork"
 
 def main(quick: bool = False) -> int:
     sizes = [10, 100, 1000] if quick else [10, 100, 1000, 10_000]
+    if harness.OPTIONS["smoke"]:
+        sizes = [10, 100]
     print(f"-- scenario 4: database work per answer of {sizes} chunks...", flush=True)
     upstream = UpstreamProcess(None)
     try:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import summary
+from bench.harness import OPTIONS, summary
 from bench.report import _port_open, _psql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,8 @@ QUERIES = {
 def main(quick: bool = False) -> int:
     conversations = 100 if quick else 2_000
     repeat = 3 if quick else 30
+    if OPTIONS["smoke"]:  # whether it runs and its query counts stay flat
+        conversations, repeat = 10, 1
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         env = {"SQLITE_PATH": f"{tmp}/bench.sqlite3"}

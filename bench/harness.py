@@ -46,11 +46,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.live import app_env, daphne_process, manage  # noqa: E402
+from tests.live import app_env, daphne_process, manage, migrate_database  # noqa: E402
 
 # -- options shared by every scenario (set by bench.__main__) ---------------------------
 
-OPTIONS: dict[str, Any] = {"pin": True, "quick": False, "profile_dir": None, "services": False}
+OPTIONS: dict[str, Any] = {
+    "pin": True,
+    "quick": False,
+    "smoke": False,
+    "profile_dir": None,
+    "services": False,
+}
 # --services: the relay scenarios on PostgreSQL and Redis, as in production.
 PG_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -333,7 +339,7 @@ class App:
         for name in ("DATABASE_URL", "REDIS_URL"):
             if name not in extra:
                 env.pop(name, None)
-        manage(env, "migrate", "--noinput")
+        migrate_database(env)  # a copy of a migrated template: migrate takes seconds
         out = manage(env, "shell", "-c", SESSIONS_SCRIPT.format(users=users))
         keys = json.loads(out.strip().splitlines()[-1])
         return cls(tmp=tmp, env=env, cookies=[f"sessionid={key}" for key in keys])
@@ -611,6 +617,8 @@ def run_worker(module: str, args: list[str], db_dir: str, upstream_url: str, **e
         DJANGO_LOG_LEVEL="WARNING",
         **env,
     )
+    # The worker's own migrate then has nothing to do: it would take seconds.
+    migrate_database(full_env)
     out = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

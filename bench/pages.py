@@ -30,6 +30,8 @@ def main(quick: bool = False) -> int:
     messages = [10, 200] if quick else [10, 100, 2000]
     conversations = [10, 300] if quick else [10, 1000, 10_000]
     repeat = 5 if quick else 20
+    if harness.OPTIONS["smoke"]:
+        messages, conversations, repeat = [10, 40], [10, 40], 2
     print(
         f"-- scenario 5: pages of {messages} messages, sidebars over {conversations} "
         "conversations...",

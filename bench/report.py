@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import summary
+from bench.harness import OPTIONS, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS, MODELS, DAYS = 50, ("grok-4", "grok-4-fast", "grok-3-mini", "grok-code-fast-1"), 90
@@ -28,6 +28,8 @@ PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 def main(quick: bool = False) -> int:
     rows = 20_000 if quick else 1_000_000
     repeat = 5 if quick else 20
+    if OPTIONS["smoke"]:
+        rows, repeat = 2_000, 2
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         results.append(_run_worker("SQLite", {"SQLITE_PATH": f"{tmp}/bench.sqlite3"}, rows, repeat))

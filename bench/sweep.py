@@ -50,6 +50,8 @@ RATE = 20.0  # chunks per second per stream
 def main(quick: bool = False) -> int:
     levels = OPTIONS.get("levels") or ([20, 50] if quick else [100, 250, 500, 1000])
     seconds, spread = (2.0, 0.5) if quick else (10.0, 2.0)
+    if OPTIONS["smoke"]:
+        levels, seconds, spread = OPTIONS.get("levels") or [4, 8], 0.5, 0.1
     print(
         f"-- scenario 3: {levels} streams at {RATE:g} chunks/s for {seconds:g} s each...",
         flush=True,

@@ -14,8 +14,8 @@ import json
 import os
 import statistics
 
-from bench.harness import RESULTS as ALL_RESULTS
 from bench.harness import (
+    OPTIONS,
     CpuMeter,
     Tab,
     ask_text,
@@ -30,6 +30,7 @@ from bench.harness import (
     summary,
     summary_losses,
 )
+from bench.harness import RESULTS as ALL_RESULTS
 from bench.profile import profiled
 
 NAME = "1 throughput"
@@ -37,6 +38,8 @@ NAME = "1 throughput"
 
 def main(quick: bool = False) -> int:
     chunks, runs = (1000, 3) if quick else (5000, 10)
+    if OPTIONS["smoke"]:
+        chunks, runs = 200, 1
     print(f"-- scenario 1: one stream of {chunks:,} instant chunks, {runs} runs...", flush=True)
     with relay_rig(users=1) as (upstream, app, app_cpus), app.serve(app_cpus):
         result = asyncio.run(_measure(upstream, app, chunks, runs))

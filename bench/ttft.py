@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from bench.harness import RESULTS as ALL_RESULTS
 from bench.harness import (
+    OPTIONS,
     CpuMeter,
     ask_text,
     check_order,
@@ -33,6 +33,7 @@ from bench.harness import (
     summary,
     summary_losses,
 )
+from bench.harness import RESULTS as ALL_RESULTS
 from bench.profile import profiled
 
 NAME = "2 ttft"
@@ -41,6 +42,8 @@ CHUNKS = 3  # a short answer: what is timed is its first chunk
 
 def main(quick: bool = False) -> int:
     rounds = {1: 10, 10: 3} if quick else {1: 200, 50: 8, 200: 4}
+    if OPTIONS["smoke"]:
+        rounds = {1: 2, 4: 1}
     levels = list(rounds)
     print(f"-- scenario 2: time to first token at {levels} concurrent streams...", flush=True)
     with relay_rig(users=20) as (upstream, app, app_cpus), app.serve(app_cpus):

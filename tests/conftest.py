@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from chat.catalog import CACHE_KEY as MODEL_LIST_KEY
 from chat.consumers import ChatConsumer
+from tests import live
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.fake_upstream import FakeUpstream
 
@@ -56,6 +57,13 @@ def fast_password_hashing(settings) -> None:
         "django.contrib.auth.hashers.MD5PasswordHasher",
         *settings.PASSWORD_HASHERS,
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_templates(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The live apps' migrated database templates (tests/live.py) live in this session's
+    temporary directory."""
+    live.TEMPLATE_DIR = tmp_path_factory.getbasetemp() / "database-templates"
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,22 @@
-"""The app as people run it: Daphne in its own process, on a fresh SQLite file."""
+"""The app as people run it: Daphne in its own process, on a fresh SQLite file (or a fresh
+PostgreSQL database), each a copy of a migrated template made once per test session."""
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import importlib.metadata
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
@@ -67,20 +73,9 @@ def app_env(tmp: Path, upstream_base_url: str, **extra: str) -> dict[str, str]:
 
 def fresh_postgres_database(url: str) -> str:
     """A new, empty database beside the one `url` names, dropped when the tests end."""
-    import psycopg
-
     name = f"live_{uuid.uuid4().hex[:12]}"
-    base, _, _ = url.rpartition("/")
-    admin = base.replace("postgres://", "postgresql://", 1) + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-    atexit.register(drop)
-    return f"{base}/{name}"
+    _create_postgres_database(url, name, None)
+    return f"{url.rpartition('/')[0]}/{name}"
 
 
 def postgres_url() -> str | None:
@@ -145,13 +140,137 @@ def daphne_process(
 
 
 def prepare_database(env: dict[str, str], *, staff: bool = False) -> None:
-    """Migrate a fresh database and create alice (and a staff user)."""
-    manage(env, "migrate", "--noinput")
-    script = "from django.contrib.auth.models import User;"
-    script += "User.objects.create_user('alice', password='alice-password-1');"
-    if staff:
-        script += "User.objects.create_superuser('staff', password='staff-password-1')"
-    manage(env, "shell", "-c", script)
+    """A fresh database with the migrations applied and alice (and a staff user)."""
+    _copy_template(env, _template(env, "alice+staff" if staff else "alice"))
+
+
+def migrate_database(env: dict[str, str]) -> None:
+    """A fresh database with the migrations applied and no user (as `manage.py migrate`)."""
+    _copy_template(env, _template(env, ""))
+
+
+# A live app's database is a copy of a template that this process made once: migrate and a
+# shell take seconds, a copy does not. Where SQLite templates are kept: the session's
+# temporary directory (tests/conftest.py), or a directory of this process's own, removed
+# at exit (the benchmarks).
+TEMPLATE_DIR: Path | None = None
+# (database server, settings, migrations, users) -> template file or database name.
+_TEMPLATES: dict[tuple[str, ...], str] = {}
+USERS_SCRIPT = {
+    "alice": "from django.contrib.auth.models import User;"
+    "User.objects.create_user('alice', password='alice-password-1')",
+    "alice+staff": "from django.contrib.auth.models import User;"
+    "User.objects.create_user('alice', password='alice-password-1');"
+    "User.objects.create_superuser('staff', password='staff-password-1')",
+}
+
+
+def _migrations_digest() -> str:
+    """Changes whenever a migration does, so that a template is never stale."""
+    digest = hashlib.sha256()
+    for package in ("django", "django-axes"):
+        digest.update(f"{package}=={importlib.metadata.version(package)};".encode())
+    for path in sorted((ROOT / "chat" / "migrations").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _template(env: dict[str, str], users: str) -> str:
+    """The template for `env`'s kind of database: migrated, with `users` ("": none)."""
+    url = env.get("DATABASE_URL", "")
+    server = url.rpartition("/")[0] if url.startswith("postgres") else "sqlite"
+    # The settings decide how passwords are hashed, not the tables.
+    settings = env.get("DJANGO_SETTINGS_MODULE", "") if users else ""
+    key = (server, settings, _migrations_digest(), users)
+    if key in _TEMPLATES:
+        return _TEMPLATES[key]
+    # Kept only once complete: a failed command leaves no template behind to be copied.
+    if users:
+        template = _new_template(env, key[2], users, _template(env, ""))
+        manage(_template_env(env, template), "shell", "-c", USERS_SCRIPT[users])
+    else:
+        template = _new_template(env, key[2], "migrated", None)
+        manage(_template_env(env, template), "migrate", "--noinput")
+    _TEMPLATES[key] = template
+    return template
+
+
+def _copy_template(env: dict[str, str], template: str) -> None:
+    """The database of `env` made a copy of `template` (on PostgreSQL the empty database
+    that app_env() made is dropped and made again from the template)."""
+    url = env.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        _copy_postgres_database(url, template)
+    else:
+        _copy_sqlite_database(Path(template), Path(env["SQLITE_PATH"]))
+
+
+def _new_template(env: dict[str, str], digest: str, name: str, source: str | None) -> str:
+    """A new template database (a copy of `source`, or empty): its file or name."""
+    url = env.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        database = f"template_{digest}_{name.replace('+', '_')}_{uuid.uuid4().hex[:8]}"
+        _create_postgres_database(url, database, source)
+        return database
+    directory = _template_dir()
+    path = directory / f"{digest}-{name}.sqlite3"
+    if source is not None:
+        _copy_sqlite_database(Path(source), path)
+    return str(path)
+
+
+def _template_env(env: dict[str, str], template: str) -> dict[str, str]:
+    url = env.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        return {**env, "DATABASE_URL": f"{url.rpartition('/')[0]}/{template}"}
+    return {**env, "SQLITE_PATH": template}
+
+
+def _template_dir() -> Path:
+    global TEMPLATE_DIR
+    if TEMPLATE_DIR is None:
+        TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="grokchat-templates-"))
+        atexit.register(shutil.rmtree, TEMPLATE_DIR, ignore_errors=True)
+    TEMPLATE_DIR.mkdir(parents=True, exist_ok=True)
+    return TEMPLATE_DIR
+
+
+def _copy_sqlite_database(source: Path, target: Path) -> None:
+    # SQLite's online backup: a consistent copy, whatever its WAL file holds.
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+def _admin_url(url: str) -> str:
+    return url.rpartition("/")[0].replace("postgres://", "postgresql://", 1) + "/postgres"
+
+
+def _create_postgres_database(url: str, name: str, template: str | None) -> None:
+    """CREATE DATABASE `name` (from `template`), dropped when the tests end. PostgreSQL
+    copies a template only while no session is connected to it: it waits up to five
+    seconds for the sessions of the commands that just filled it to end."""
+    import psycopg
+
+    admin = _admin_url(url)
+    sql = f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(sql)
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    atexit.register(drop)
+
+
+def _copy_postgres_database(url: str, template: str) -> None:
+    """The database `url` names, empty and unused yet, made again as a copy of `template`."""
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    with psycopg.connect(_admin_url(url), autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE {name}")
+        connection.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from django.test import Client
 
 from chat.models import Message, ModelPrice
 from tests.fake_upstream import FakeUpstream
+from tests.live import migrate_database
 from tests.test_security import clean_env, run_manage
 
 KEY = "xai-TESTKEY-0123456789abcdef"
@@ -50,7 +51,7 @@ def test_a_key_with_a_trailing_cr_lf_or_space_is_stripped_and_works(
     tmp_path: Path, server: FakeUpstream
 ):
     env = app_env(tmp_path, XAI_BASE_URL=server.base_url)
-    assert run_manage(env, "migrate", "--noinput").returncode == 0
+    migrate_database(env)
     for given in (KEY + "\r\n", KEY + "\r", KEY + "\n", KEY + " ", f" \t{KEY}\t \r\n"):
         server.reset()
         result = run_manage({**env, "XAI_API_KEY": given}, "sync_prices")

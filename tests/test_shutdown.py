@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.fake_upstream import FakeUpstream, slow_stream
+from tests.fake_upstream import FakeUpstream, paced_stream, slow_stream
 from tests.live import app_env, daphne_process, manage, prepare_database, session_cookie
 from tests.test_processes import _connect, _frames_until
 
@@ -77,12 +77,15 @@ async def test_sigterm_saves_the_partial_answer_as_interrupted_and_tells_the_bro
 async def test_after_sigkill_the_next_start_marks_the_answer_interrupted(
     env: dict[str, str], fake_upstream_server: FakeUpstream, tmp_path
 ) -> None:
-    fake_upstream_server.queue(slow_stream(count=400, delay=0.02, text="tick "))
+    # Paced: a piece each time the test looks, so the answer cannot end before the kill
+    # (it did, with a stream on a timer, on a busy machine), yet a checkpoint comes.
+    fake_upstream_server.queue(paced_stream(["tick "] * 200))
     with daphne_process(env, tmp_path / "first.log") as (url, process):
         cookie = session_cookie(url, "alice", "alice-password-1")
         ws, start = await _start_answer(url, cookie)
-        # Until a checkpoint has saved some of the text, however slow the machine.
+        # Until a checkpoint has saved some of the text.
         for _ in range(120):
+            fake_upstream_server.next_piece()
             [saved] = await asyncio.to_thread(_answers, env)
             if saved["content"]:
                 break
@@ -90,7 +93,7 @@ async def test_after_sigkill_the_next_start_marks_the_answer_interrupted(
         await asyncio.to_thread(process.wait, 10)
         await ws.close()
     [left] = _answers(env)
-    assert left["state"] == "streaming" and left["usage"] is None
+    assert left["state"] == "streaming" and left["usage"] is None, left
     assert left["content"].startswith("tick "), "the checkpoint saved what was said"
 
     with daphne_process(env, tmp_path / "second.log") as (url, _):
