@@ -72,6 +72,20 @@ def usage_data(row: Usage) -> dict[str, Any]:
     }
 
 
+# An answer's own fields, as they are exported and imported again (Message's names).
+ANSWER_FIELDS = (
+    "reasoning",
+    "state",
+    "error",
+    "model",
+    "purpose",
+    "finish_reason",
+    "ttft_ms",
+    "duration_ms",
+    "citations",
+)
+
+
 def _message_data(
     message: Message, attachments: list[dict[str, Any]], usage: Usage | None
 ) -> dict[str, Any]:
@@ -84,18 +98,8 @@ def _message_data(
         "selected_at": _time(message.selected_at),
     }
     if message.role == Message.Role.ASSISTANT:
-        data.update(
-            reasoning=message.reasoning,
-            state=message.state,
-            error=message.error,
-            model=message.model,
-            purpose=message.purpose,
-            finish_reason=message.finish_reason,
-            ttft_ms=message.ttft_ms,
-            duration_ms=message.duration_ms,
-            citations=message.citations,
-            usage=None if usage is None else usage_data(usage),
-        )
+        data.update({name: getattr(message, name) for name in ANSWER_FIELDS})
+        data["usage"] = None if usage is None else usage_data(usage)
     else:
         data["attachments"] = attachments
     return data
@@ -846,15 +850,7 @@ def save(user: Any, parsed: Parsed) -> list[Conversation]:
                 conversation=conversation,
                 role=message.role,
                 content=message.content,
-                reasoning=message.reasoning,
-                state=message.state,
-                error=message.error,
-                model=message.model,
-                purpose=message.purpose,
-                finish_reason=message.finish_reason,
-                ttft_ms=message.ttft_ms,
-                duration_ms=message.duration_ms,
-                citations=message.citations,
+                **{name: getattr(message, name) for name in ANSWER_FIELDS},
                 created_at=message.created_at,
                 selected_at=now if message.active else earlier,
             )
