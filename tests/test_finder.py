@@ -103,6 +103,18 @@ def test_the_last_word_as_typed_is_a_prefix_on_either_database(alice):
 
 
 @pytest.mark.django_db
+def test_an_answer_of_megabytes_is_saved_and_its_start_found(alice):
+    # 2.6 MB of distinct words, more than a PostgreSQL tsvector holds (1 MB): the message
+    # must be saved whole all the same; search reads its first 100,000 characters there.
+    text = "".join(f"w{i:07d} x{i:07d}{'abcdefghij'[i % 10] * 80} " for i in range(26_000))
+    long = _conversation(alice, "Long", "Write a lot", text + " zzlastword")
+    answer = long.messages.get(role=Message.Role.ASSISTANT)
+    answer.refresh_from_db()
+    assert len(answer.content) == len(text) + len(" zzlastword")
+    assert [h.conversation_id for h in find_conversations(alice, "w0000042")] == [long.id]
+
+
+@pytest.mark.django_db
 def test_every_term_must_match_in_any_case_and_any_language(alice):
     roman = _conversation(alice, "Rome", "Tell me of the ROMAN carbonara", "It is good")
     _conversation(alice, "Milan", "A Milanese risotto", "Saffron")

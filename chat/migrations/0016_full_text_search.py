@@ -16,7 +16,9 @@ messages the planner rightly walks the newest messages instead of the index, and
 expression it had to compute to_tsvector() again for every message it read (5 s for one
 search over 100,000 messages; docs/benchmarks.md, "Issue 16: search"). 'simple' config:
 lower-cases only, no stemming or stop words of one language, so it works for every one.
-Adding the column rewrites chat_message once."""
+Only a message's first 100,000 characters are indexed there: a tsvector holds at most 1 MB
+(a longer one is an error, and the message could not be saved at all); 100,000 characters
+of distinct four-byte words make about 520 KB. Adding the column rewrites chat_message once."""
 
 from django.db import migrations
 
@@ -61,7 +63,7 @@ SQLITE_BACKWARD = [
 ]
 POSTGRESQL_FORWARD = [
     "ALTER TABLE chat_message ADD COLUMN search_vector tsvector GENERATED ALWAYS AS"
-    " (to_tsvector('simple'::regconfig, COALESCE(content, ''))) STORED",
+    " (to_tsvector('simple'::regconfig, left(COALESCE(content, ''), 100000))) STORED",
     "CREATE INDEX chat_message_content_fts ON chat_message USING gin (search_vector)",
     "CREATE INDEX chat_conversation_title_fts ON chat_conversation"
     " USING gin (to_tsvector('simple'::regconfig, COALESCE(title, '')))",
