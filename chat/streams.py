@@ -245,6 +245,16 @@ NOT_SAVED_YET = (
 NOT_SAVABLE = "This answer could not be saved; what it cost was recorded."
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may pass. psycopg reports a limit of the database (SQLSTATE
+    class 54: a value too large for an index or a tsvector) as an OperationalError too,
+    which no retry mends: saving it again would go on for ever."""
+    if not isinstance(exc, TRANSIENT_DATABASE_ERRORS):
+        return False
+    sqlstate = getattr(exc.__cause__, "sqlstate", None) or ""
+    return not sqlstate.startswith("54")
+
+
 def _log_failure(task: asyncio.Task[Any]) -> None:
     """A task's exception goes to the log with its traceback, never only to "Task
     exception was never retrieved" at garbage collection."""
@@ -600,26 +610,32 @@ class AnswerRun:
                 await database_sync_to_async(message.finish)(
                     user_id=self.user_id, usage=usage, **fields
                 )
-            except TRANSIENT_DATABASE_ERRORS as exc:
-                logger.warning(
-                    "answer %s not saved (%r): trying again in %.1f s", self.message_id, exc, delay
-                )
-            except Exception:
-                if "content" not in fields:
+            except Exception as exc:
+                if is_transient(exc):
+                    logger.warning(
+                        "answer %s not saved (%r): trying again in %.1f s",
+                        self.message_id,
+                        exc,
+                        delay,
+                    )
+                elif "content" not in fields:
                     logger.exception("answer %s could not be saved at all", self.message_id)
                     self.log_ledger_row(usage)
                     if not told:
                         await self._tell(self._unsaved_end(fields, usage, NOT_SAVABLE))
                     return
-                # Something in the answer itself: record its cost and its end without it
-                # (the text checkpointed last stays).
-                logger.exception(
-                    "answer %s could not be saved: saving its end alone", self.message_id
-                )
-                fields = {"state": Message.State.ERROR, "error": NOT_SAVABLE}
-                usage = {k: v for k, v in usage.items() if k not in ("raw_usage", "response_id")}
-                self.unsaved = usage
-                continue
+                else:
+                    # Something in the answer itself: record its cost and its end without it
+                    # (the text checkpointed last stays).
+                    logger.exception(
+                        "answer %s could not be saved: saving its end alone", self.message_id
+                    )
+                    fields = {"state": Message.State.ERROR, "error": NOT_SAVABLE}
+                    usage = {
+                        k: v for k, v in usage.items() if k not in ("raw_usage", "response_id")
+                    }
+                    self.unsaved = usage
+                    continue
             else:
                 self.unsaved = None
                 await self._tell(frames.message_end(message, message.usage))

@@ -399,3 +399,37 @@ def test_the_days_of_deleted_users_add_each_request_once(alice, bob, django_user
         (None, None, 10),
         (None, None, 5),
     ]
+
+
+@pytest.fixture
+def content_index():
+    """A btree index on the messages' text: a row over its limit (about 2.7 KB after
+    compression) is refused for good, SQLSTATE 54000, which psycopg raises as an
+    OperationalError like a database that is down."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE INDEX test_message_content ON chat_message (content)")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP INDEX test_message_content")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a limit of PostgreSQL's")
+async def test_an_answer_the_database_can_never_hold_ends_at_once_with_its_cost_recorded(
+    upstream, alice, socket_for, clock, content_index
+):
+    import random
+
+    text = "".join(random.Random(7).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=20_000))
+    upstream.queue(paced(text[:10], text[10:]))
+    socket = await socket_for(alice)
+    start = await _start(socket)
+    release(upstream)
+    end, _ = await socket.until("message.end")
+
+    # Not retried as if the database were down (which would go on for ever).
+    assert end["state"] == "error" and end["error"] == streams.NOT_SAVABLE
+    assert clock.sleeps == []
+    [row] = await _ledger()
+    assert (row.answer_id, row.total_tokens) == (start["message"]["id"], 19)
+    message = await database_sync_to_async(Message.objects.get)(pk=start["message"]["id"])
+    assert (message.state, message.error) == ("error", streams.NOT_SAVABLE)
